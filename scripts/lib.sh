@@ -1,0 +1,46 @@
+# Shared settings for the local stack scripts; sourced, not run.
+# Everything installed or started lives under $SLUICE_CACHE, outside the repo,
+# so a second run (and CI on the same machine) reuses it.
+
+SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice-dev}"
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+MOTO_VERSION="5.2.5"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
+MOTO_PORT="${MOTO_PORT:-4566}"
+
+KAFKA_HOME="$SLUICE_CACHE/kafka-$KAFKA_VERSION"
+VENV="$SLUICE_CACHE/venv"
+RUN_DIR="$SLUICE_CACHE/run"
+KAFKA_LOG_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
+KAFKA_PID="$RUN_DIR/kafka-$KAFKA_PORT.pid"
+MOTO_PID="$RUN_DIR/moto-$MOTO_PORT.pid"
+
+# What the demo and the tests use; the SDKs read these.
+export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="$AWS_REGION"
+export SLUICE_PYTHON="$VENV/bin/python"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}"
+
+log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for <what> <seconds> <command...>: polls the command until it succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "$what did not answer within ${secs}s"
+      return 1
+    fi
+    sleep 0.5
+  done
+}

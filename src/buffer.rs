@@ -1,0 +1,272 @@
+//! Rows between consume and upload: one open Parquet file per
+//! (Kafka partition, event hour).
+//!
+//! A record is decoded straight into its file's Arrow columns; every
+//! [`BATCH_ROWS`] rows the columns become a record batch that the file's
+//! writer encodes right away, so memory holds compressed pages, not rows.
+//! This module tracks offsets and sizes; it never does I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::file::properties::WriterProperties;
+
+use crate::envelope::Envelope;
+use crate::layout;
+use crate::schema::{Column, DecodeError, Decoder, MessagePlan, UTC};
+use crate::writer::{FileWriter, WriteError};
+
+/// Rows per record batch handed to the Parquet writer.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Bytes counted per row on top of its payload, for the memory estimate.
+const ROW_OVERHEAD: usize = 64;
+
+/// One consumed record, borrowed from the consumer.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub envelope: Envelope<'a>,
+    pub payload: &'a [u8],
+}
+
+/// A file whose rows are all encoded, ready to upload.
+#[derive(Debug)]
+pub struct FinishedFile {
+    pub partition: i32,
+    pub hour: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub rows: u64,
+    pub min_time_micros: i64,
+    pub max_time_micros: i64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("payload: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// The columns sluice adds to every row, after the payload's.
+fn envelope_fields() -> [Field; 6] {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()));
+    [
+        Field::new("_event_id", DataType::Utf8, true),
+        Field::new("_event_time", ts.clone(), false),
+        Field::new("_source", DataType::Utf8, true),
+        Field::new("_kafka_partition", DataType::Int32, false),
+        Field::new("_kafka_offset", DataType::Int64, false),
+        Field::new("_kafka_timestamp", ts, true),
+    ]
+}
+
+/// Every open file of this process.
+#[derive(Debug)]
+pub struct Buffers {
+    plan: Arc<MessagePlan>,
+    schema: SchemaRef,
+    properties: WriterProperties,
+    decoder: Decoder,
+    files: HashMap<(i32, i64), OpenFile>,
+    metadata: Vec<(&'static str, String)>,
+    /// Estimated bytes held by all open files.
+    buffered_bytes: usize,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    columns: Vec<Column>,
+    pending_rows: usize,
+    pending_bytes: usize,
+    writer: FileWriter,
+    encoded_bytes: usize,
+    first_offset: i64,
+    last_offset: i64,
+    rows: u64,
+    min_time_micros: i64,
+    max_time_micros: i64,
+}
+
+impl Buffers {
+    /// `metadata` goes into every file's footer (event, topic, version).
+    pub fn new(
+        plan: Arc<MessagePlan>,
+        properties: WriterProperties,
+        metadata: Vec<(&'static str, String)>,
+    ) -> Buffers {
+        let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
+        fields.extend(envelope_fields());
+        Buffers {
+            plan,
+            schema: Arc::new(Schema::new(fields)),
+            properties,
+            decoder: Decoder::new(),
+            files: HashMap::new(),
+            metadata,
+            buffered_bytes: 0,
+        }
+    }
+
+    /// The Arrow schema of every file.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Decodes `record` into the file of its partition and hour. On error
+    /// the record is not added anywhere.
+    pub fn push(&mut self, record: &Record<'_>) -> Result<(), BufferError> {
+        let hour = layout::hour_of(record.envelope.time_micros);
+        let file = match self.files.entry((record.partition, hour)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(OpenFile::new(
+                &self.schema,
+                self.properties.clone(),
+                record,
+            )?),
+        };
+        let payload_columns = self.plan.fields.len();
+        self.decoder.decode(
+            &self.plan,
+            record.payload,
+            &mut file.columns[..payload_columns],
+        )?;
+        file.append_envelope(payload_columns, record);
+        let added = record.payload.len() + ROW_OVERHEAD;
+        file.pending_bytes += added;
+        self.buffered_bytes += added;
+        if file.pending_rows >= BATCH_ROWS {
+            let before = file.held_bytes();
+            file.encode_pending(&self.schema)?;
+            self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
+        }
+        Ok(())
+    }
+
+    /// Closes every open file and hands them over, leaving the buffers empty.
+    pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
+        let mut finished = Vec::with_capacity(self.files.len());
+        for ((partition, hour), file) in self.files.drain() {
+            finished.push(file.finish(&self.schema, partition, hour, &self.metadata)?);
+        }
+        self.buffered_bytes = 0;
+        finished.sort_by_key(|f| (f.partition, f.hour));
+        Ok(finished)
+    }
+}
+
+impl OpenFile {
+    fn new(
+        schema: &SchemaRef,
+        properties: WriterProperties,
+        first: &Record<'_>,
+    ) -> Result<OpenFile, WriteError> {
+        Ok(OpenFile {
+            columns: schema
+                .fields()
+                .iter()
+                .filter_map(|f| Column::for_type(f.data_type()))
+                .collect(),
+            pending_rows: 0,
+            pending_bytes: 0,
+            writer: FileWriter::new(schema.clone(), properties)?,
+            encoded_bytes: 0,
+            first_offset: first.offset,
+            last_offset: first.offset,
+            rows: 0,
+            min_time_micros: first.envelope.time_micros,
+            max_time_micros: first.envelope.time_micros,
+        })
+    }
+
+    fn append_envelope(&mut self, first_column: usize, record: &Record<'_>) {
+        let time = record.envelope.time_micros;
+        let [id, event_time, source, partition, offset, kafka_ts] =
+            &mut self.columns[first_column..]
+        else {
+            return;
+        };
+        if let Column::Str(b) = id {
+            b.append_option(record.envelope.id);
+        }
+        if let Column::Ts(b) = event_time {
+            b.append_value(time);
+        }
+        if let Column::Str(b) = source {
+            b.append_option(record.envelope.source);
+        }
+        if let Column::I32(b) = partition {
+            b.append_value(record.partition);
+        }
+        if let Column::I64(b) = offset {
+            b.append_value(record.offset);
+        }
+        if let Column::Ts(b) = kafka_ts {
+            b.append_option(record.kafka_timestamp_ms.map(|ms| ms.saturating_mul(1000)));
+        }
+        self.pending_rows += 1;
+        self.rows += 1;
+        self.first_offset = self.first_offset.min(record.offset);
+        self.last_offset = self.last_offset.max(record.offset);
+        self.min_time_micros = self.min_time_micros.min(time);
+        self.max_time_micros = self.max_time_micros.max(time);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.pending_bytes + self.encoded_bytes
+    }
+
+    fn encode_pending(&mut self, schema: &SchemaRef) -> Result<(), WriteError> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let arrays = self.columns.iter_mut().map(Column::finish).collect();
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
+        self.writer.write(&batch)?;
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        self.encoded_bytes = self.writer.memory_size();
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        schema: &SchemaRef,
+        partition: i32,
+        hour: i64,
+        metadata: &[(&'static str, String)],
+    ) -> Result<FinishedFile, WriteError> {
+        self.encode_pending(schema)?;
+        let mut footer = metadata.to_vec();
+        footer.push(("sluice.partition", partition.to_string()));
+        footer.push(("sluice.first_offset", self.first_offset.to_string()));
+        footer.push(("sluice.last_offset", self.last_offset.to_string()));
+        let bytes = self.writer.close(&footer)?;
+        Ok(FinishedFile {
+            partition,
+            hour,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            rows: self.rows,
+            min_time_micros: self.min_time_micros,
+            max_time_micros: self.max_time_micros,
+            bytes,
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! The command line: one file per subcommand.
+
+mod run;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka → Parquet on S3 → SQS, one event type per process"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the topic and commit Parquet files until stopped (SIGTERM/SIGINT).
+    Run(run::RunArgs),
+}
+
+impl Cli {
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run::execute(args),
+        }
+    }
+}

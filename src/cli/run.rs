@@ -1,0 +1,87 @@
+//! `sluice run --config <file>`: the daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::info;
+
+use crate::buffer::Buffers;
+use crate::commit::Committer;
+use crate::config::Config;
+use crate::pipeline::{self, Pipeline};
+use crate::schema::{LocalRegistry, MessagePlan};
+use crate::telemetry::{self, Telemetry};
+use crate::{notify, source, store, writer};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The sink's TOML config file.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+}
+
+pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sluice-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    let handle = runtime.handle().clone();
+
+    let listen = config.metrics_listen().map_err(anyhow::Error::msg)?;
+    runtime
+        .block_on(async { telemetry::install_exporter(listen) })
+        .map_err(anyhow::Error::msg)?;
+
+    let schema_dir = config.schema_dir().map_err(anyhow::Error::msg)?;
+    let registry = LocalRegistry::open(&schema_dir)?;
+    let plan = Arc::new(MessagePlan::new(&registry.message(&config.event.message)?)?);
+
+    let (store, prefix) = runtime.block_on(store::from_config(&config))?;
+    let notifier = runtime.block_on(notify::from_config(config.notify.queue_url.as_deref()));
+    let consumer = source::connect(&config.kafka, &format!("sluice-{}", config.event.name))?;
+
+    let telemetry = Telemetry::new(&config.event.name);
+    let stop = pipeline::stop_on_signals(&handle);
+    let metadata = vec![
+        ("sluice.event", config.event.name.clone()),
+        ("sluice.message", config.event.message.clone()),
+        ("sluice.topic", config.kafka.topic.clone()),
+        ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
+    ];
+    let buffers = Buffers::new(plan, writer::properties(), metadata);
+    let committer = Committer {
+        store,
+        prefix,
+        event: config.event.name.clone(),
+        topic: config.kafka.topic.clone(),
+        notifier,
+        concurrency: config.storage.upload_concurrency,
+        telemetry: telemetry.clone(),
+        stopping: stop.clone(),
+    };
+    info!(
+        event = %config.event.name,
+        topic = %config.kafka.topic,
+        group = %config.kafka.group_id,
+        storage = %config.storage.url,
+        "sluice running"
+    );
+    Pipeline::new(
+        consumer,
+        config.kafka.topic.clone(),
+        buffers,
+        committer,
+        handle,
+        telemetry,
+        config.checkpoint.interval,
+        usize::try_from(config.memory.max_buffer_bytes).unwrap_or(usize::MAX),
+    )
+    .run(&stop)?;
+    info!("stopped cleanly");
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(())
+}

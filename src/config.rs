@@ -1,0 +1,614 @@
+//! Sink configuration: one TOML file per event pipeline.
+//!
+//! Loading is three steps: parse the file, apply `SLUICE_<SECTION>__<KEY>`
+//! environment overrides, deserialize into [`Config`] (unknown keys rejected),
+//! then [`Config::validate`] checks what serde cannot. Every error names the
+//! file, the key and what was expected. This module never touches the network.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem a user can fix from the message alone.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config file: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole sink configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The event type this process sinks.
+    pub event: EventConfig,
+    /// Where the records come from.
+    pub kafka: KafkaConfig,
+    /// Where the payload schema comes from.
+    pub schema: SchemaConfig,
+    /// Where Parquet files go.
+    pub storage: StorageConfig,
+    /// When buffered rows become committed files.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Limits on what sluice keeps in memory.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Where committed files are announced.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The file this configuration was read from, for error messages.
+    #[serde(skip)]
+    pub source_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// Short name of the event type; the first folder under the storage
+    /// prefix and the `event` label of every metric. Lowercase letters,
+    /// digits, `_`, `-` and `.`.
+    pub name: String,
+    /// Fully qualified Protobuf message name of the payload, e.g.
+    /// `sluice.examples.OrderPlaced`.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port,host:port`).
+    pub brokers: String,
+    /// The one topic this process consumes.
+    pub topic: String,
+    /// Consumer group; instances with the same group split the partitions.
+    pub group_id: String,
+    /// Where a partition without committed progress starts: `earliest`
+    /// (default, as Kafka Connect sinks do) or `latest`.
+    #[serde(default = "default_offset_reset")]
+    pub auto_offset_reset: String,
+    /// librdkafka properties passed through as they are (security, fetch
+    /// sizes, …). Applied first; the settings sluice depends on override them.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// `file://<dir>`: a directory of `.proto` files compiled at start-up.
+    pub registry: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `s3://<bucket>/<prefix>` or `file:///<dir>`.
+    pub url: String,
+    /// Address S3 buckets by path (`endpoint/bucket/key`) instead of by
+    /// virtual host. Defaults to true when `AWS_ENDPOINT_URL` (or
+    /// `AWS_ENDPOINT_URL_S3`) points at a custom endpoint, false otherwise.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub force_path_style: Option<bool>,
+    /// How many files upload at once.
+    #[serde(default = "default_upload_concurrency", deserialize_with = "de::usize")]
+    pub upload_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// How often buffered rows are written, uploaded and committed
+    /// (humantime: `60s`, `5m`).
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Upper bound on buffered rows and open files, in bytes (a number, or a
+    /// string such as `256MiB`). Reaching it triggers an early checkpoint.
+    #[serde(
+        default = "default_max_buffer_bytes",
+        deserialize_with = "de::byte_size"
+    )]
+    pub max_buffer_bytes: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_buffer_bytes: default_max_buffer_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// SQS queue URL; one message per committed file. Unset: no notifications.
+    #[serde(default)]
+    pub queue_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus `/metrics` endpoint.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_offset_reset() -> String {
+    "earliest".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upload_concurrency() -> usize {
+    8
+}
+fn default_max_buffer_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_metrics_listen() -> String {
+    "0.0.0.0:9464".into()
+}
+
+/// The parsed form of `storage.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    S3 { bucket: String, prefix: String },
+    Local { dir: PathBuf },
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, deserializes and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(path, &text, env)?;
+        config.source_file = path.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: path.to_owned(),
+            message: e.message().to_owned() + &location(text, e.span()),
+        })?;
+        apply_env_overrides(&mut table, env);
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let mut key = e.path().to_string();
+            let mut message = e.inner().message().to_owned();
+            if let Some(field) = missing_field(&message) {
+                key = if key == "." {
+                    field
+                } else {
+                    format!("{key}.{field}")
+                };
+                message = "required key is missing".into();
+            }
+            ConfigError::Invalid {
+                file: path.to_owned(),
+                key,
+                message,
+            }
+        })
+    }
+
+    /// Checks what deserialization cannot: forms of URLs, names and numbers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            file: self.source_file.clone(),
+            key: key.to_owned(),
+            message,
+        };
+        let name = &self.event.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c))
+        {
+            return Err(bad(
+                "event.name",
+                format!("expected lowercase letters, digits, `_`, `-` or `.`, got {name:?}"),
+            ));
+        }
+        if self.event.message.is_empty() {
+            return Err(bad(
+                "event.message",
+                "expected a fully qualified message name".into(),
+            ));
+        }
+        for (key, value) in [
+            ("kafka.brokers", &self.kafka.brokers),
+            ("kafka.topic", &self.kafka.topic),
+            ("kafka.group_id", &self.kafka.group_id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(bad(key, "must not be empty".into()));
+            }
+        }
+        if !["earliest", "latest"].contains(&self.kafka.auto_offset_reset.as_str()) {
+            return Err(bad(
+                "kafka.auto_offset_reset",
+                format!(
+                    "expected `earliest` or `latest`, got {:?}",
+                    self.kafka.auto_offset_reset
+                ),
+            ));
+        }
+        self.schema_dir().map_err(|m| bad("schema.registry", m))?;
+        self.storage_url().map_err(|m| bad("storage.url", m))?;
+        if self.storage.upload_concurrency == 0 {
+            return Err(bad(
+                "storage.upload_concurrency",
+                "expected at least 1".into(),
+            ));
+        }
+        if self.checkpoint.interval.is_zero() {
+            return Err(bad(
+                "checkpoint.interval",
+                "expected a positive duration such as `60s`".into(),
+            ));
+        }
+        if self.memory.max_buffer_bytes < 1024 * 1024 {
+            return Err(bad(
+                "memory.max_buffer_bytes",
+                "expected at least 1MiB".into(),
+            ));
+        }
+        if let Some(url) = &self.notify.queue_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(bad(
+                "notify.queue_url",
+                format!("expected an SQS queue URL (https://…), got {url:?}"),
+            ));
+        }
+        self.metrics_listen()
+            .map_err(|m| bad("metrics.listen", m))?;
+        Ok(())
+    }
+
+    /// The directory of `.proto` files named by `schema.registry`.
+    pub fn schema_dir(&self) -> Result<PathBuf, String> {
+        match self.schema.registry.strip_prefix("file://") {
+            Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+            _ => Err(format!(
+                "expected `file://<directory of .proto files>`, got {:?}",
+                self.schema.registry
+            )),
+        }
+    }
+
+    pub fn storage_url(&self) -> Result<StorageUrl, String> {
+        parse_storage_url(&self.storage.url)
+    }
+
+    pub fn metrics_listen(&self) -> Result<SocketAddr, String> {
+        self.metrics.listen.parse().map_err(|_| {
+            format!(
+                "expected `host:port` such as `0.0.0.0:9464`, got {:?}",
+                self.metrics.listen
+            )
+        })
+    }
+}
+
+fn parse_storage_url(url: &str) -> Result<StorageUrl, String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.len() < 3 {
+            return Err(format!(
+                "expected `s3://<bucket>/<prefix>` with a bucket name of at least 3 characters, got {url:?}"
+            ));
+        }
+        return Ok(StorageUrl::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        });
+    }
+    if let Some(dir) = url.strip_prefix("file://")
+        && dir.starts_with('/')
+    {
+        return Ok(StorageUrl::Local {
+            dir: PathBuf::from(dir),
+        });
+    }
+    Err(format!(
+        "expected `s3://<bucket>/<prefix>` or `file:///<absolute dir>`, got {url:?}"
+    ))
+}
+
+/// `SLUICE_KAFKA__BROKERS=…` sets `kafka.brokers`. Values go in as strings;
+/// the few non-string keys accept their string forms.
+fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(section) = entry {
+            section.insert(key, toml::Value::String(value));
+        }
+    }
+}
+
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    format!(" (line {line})")
+}
+
+/// Deserializers that accept a value's native TOML form or its string form
+/// (environment overrides are strings).
+mod de {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Int(u64),
+        Str(String),
+    }
+
+    pub(super) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(Some(b)),
+            Raw::Str(s) if s == "true" => Ok(Some(true)),
+            Raw::Str(s) if s == "false" => Ok(Some(false)),
+            _ => Err(D::Error::custom("expected `true` or `false`")),
+        }
+    }
+
+    pub(super) fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => usize::try_from(n).map_err(D::Error::custom),
+            Raw::Str(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("expected a whole number, got {s:?}"))),
+            Raw::Bool(_) => Err(D::Error::custom("expected a whole number")),
+        }
+    }
+
+    pub(super) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Str(s) => super::parse_byte_size(&s).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "expected a size such as `268435456`, `256MiB` or `1GiB`, got {s:?}"
+                ))
+            }),
+            Raw::Bool(_) => Err(D::Error::custom("expected a size such as `256MiB`")),
+        }
+    }
+}
+
+/// `123`, `64KiB`, `256MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[event]
+name = "order_placed"
+message = "sluice.examples.OrderPlaced"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "orders"
+group_id = "g"
+[schema]
+registry = "file://schemas"
+[storage]
+url = "s3://bucket/prefix"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let path = Path::new("sinks/test.toml");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let mut config = Config::parse(path, text, env)?;
+        config.source_file = path.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn error(text: &str, env: &[(&str, &str)]) -> String {
+        match parse(text, env) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
+        assert_eq!(config.kafka.auto_offset_reset, "earliest");
+        assert_eq!(
+            config.storage_url().unwrap(),
+            StorageUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "prefix".into()
+            }
+        );
+        assert!(config.notify.queue_url.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let config = parse(
+            MINIMAL,
+            &[
+                ("SLUICE_KAFKA__BROKERS", "kafka:29092"),
+                ("SLUICE_CHECKPOINT__INTERVAL", "5s"),
+                ("SLUICE_NOTIFY__QUEUE_URL", "http://localhost:4566/1/q"),
+                ("SLUICE_STORAGE__FORCE_PATH_STYLE", "true"),
+                ("SLUICE_MEMORY__MAX_BUFFER_BYTES", "64MiB"),
+                ("SLUICE_CACHE", "ignored: no section separator"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "kafka:29092");
+        assert_eq!(config.checkpoint.interval, Duration::from_secs(5));
+        assert_eq!(
+            config.notify.queue_url.as_deref(),
+            Some("http://localhost:4566/1/q")
+        );
+        assert_eq!(config.storage.force_path_style, Some(true));
+        assert_eq!(config.memory.max_buffer_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = error(
+            &format!("{MINIMAL}\n[checkpoint]\nintervall = \"5s\"\n"),
+            &[],
+        );
+        assert!(
+            e.starts_with("sinks/test.toml: key `checkpoint.intervall`"),
+            "{e}"
+        );
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_names_it() {
+        let e = error(&MINIMAL.replace("topic = \"orders\"\n", ""), &[]);
+        assert_eq!(
+            e,
+            "sinks/test.toml: key `kafka.topic`: required key is missing"
+        );
+    }
+
+    #[test]
+    fn bad_duration_says_what_was_expected() {
+        let e = error(
+            &format!("{MINIMAL}\n[checkpoint]\ninterval = \"soon\"\n"),
+            &[],
+        );
+        assert!(
+            e.starts_with("sinks/test.toml: key `checkpoint.interval`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_storage_url_is_rejected() {
+        let e = error(&MINIMAL.replace("s3://bucket/prefix", "gs://x/y"), &[]);
+        assert!(e.contains("key `storage.url`: expected `s3://"), "{e}");
+        let e = error(&MINIMAL.replace("s3://bucket/prefix", "s3://ab/y"), &[]);
+        assert!(e.contains("at least 3 characters"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let e = error(&MINIMAL.replace("topic = \"orders\"", "topic = 5"), &[]);
+        assert!(
+            e.starts_with("sinks/test.toml: key `kafka.topic`: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = error("[event\nname = 1", &[]);
+        assert!(e.starts_with("sinks/test.toml: not valid TOML"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("123"), Some(123));
+        assert_eq!(parse_byte_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_byte_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_byte_size("2MB"), Some(2_000_000));
+        assert_eq!(parse_byte_size("lots"), None);
+    }
+}

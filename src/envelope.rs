@@ -1,0 +1,148 @@
+//! The CloudEvents envelope in Kafka headers (binary content mode).
+//!
+//! Reads `ce_id`, `ce_source`, `ce_time` and `content-type` without copying.
+//! A record without CloudEvents headers is a bare payload whose time is the
+//! Kafka timestamp. This module decides nothing about the payload itself.
+
+/// The envelope attributes sluice writes as columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// `ce_id`, when present.
+    pub id: Option<&'a str>,
+    /// `ce_source`, when present.
+    pub source: Option<&'a str>,
+    /// Event time in µs since the Unix epoch: `ce_time`, else the Kafka
+    /// timestamp, else the time sluice read the record.
+    pub time_micros: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("header `{0}` is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("header `ce_time` is not an RFC 3339 timestamp: {0:?}")]
+    BadTime(String),
+    #[error("content-type {0:?} is not supported (expected application/protobuf)")]
+    UnsupportedContentType(String),
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the envelope from a record's headers. `kafka_timestamp_ms` is
+    /// the record's Kafka timestamp, if it has one.
+    pub fn parse(
+        headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+        kafka_timestamp_ms: Option<i64>,
+    ) -> Result<Envelope<'a>, EnvelopeError> {
+        let mut envelope = Envelope {
+            id: None,
+            source: None,
+            time_micros: 0,
+        };
+        let mut time = None;
+        for (key, value) in headers {
+            let Some(value) = value else { continue };
+            match key {
+                "ce_id" => envelope.id = Some(utf8("ce_id", value)?),
+                "ce_source" => envelope.source = Some(utf8("ce_source", value)?),
+                "ce_time" => time = Some(parse_time(utf8("ce_time", value)?)?),
+                "content-type" => check_content_type(utf8("content-type", value)?)?,
+                _ => {}
+            }
+        }
+        envelope.time_micros = match (time, kafka_timestamp_ms) {
+            (Some(t), _) => t,
+            (None, Some(ms)) => ms.saturating_mul(1000),
+            (None, None) => now_micros(),
+        };
+        Ok(envelope)
+    }
+}
+
+fn utf8<'a>(name: &'static str, value: &'a [u8]) -> Result<&'a str, EnvelopeError> {
+    std::str::from_utf8(value).map_err(|_| EnvelopeError::NotUtf8(name))
+}
+
+fn parse_time(text: &str) -> Result<i64, EnvelopeError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| EnvelopeError::BadTime(text.to_owned()))
+}
+
+fn check_content_type(value: &str) -> Result<(), EnvelopeError> {
+    let media = value.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/protobuf")
+        || media.eq_ignore_ascii_case("application/x-protobuf")
+    {
+        Ok(())
+    } else {
+        Err(EnvelopeError::UnsupportedContentType(value.to_owned()))
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<'a>(
+        headers: &'a [(&'a str, &'a [u8])],
+        ts: Option<i64>,
+    ) -> Result<Envelope<'a>, EnvelopeError> {
+        Envelope::parse(headers.iter().map(|(k, v)| (*k, Some(*v))), ts)
+    }
+
+    #[test]
+    fn cloudevents_headers() {
+        let headers: &[(&str, &[u8])] = &[
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"abc"),
+            ("ce_source", b"/orders"),
+            ("ce_type", b"x.y"),
+            ("ce_time", b"2026-01-02T03:04:05.123456Z"),
+            ("content-type", b"application/protobuf"),
+        ];
+        let e = parse(headers, Some(5)).unwrap();
+        assert_eq!(e.id, Some("abc"));
+        assert_eq!(e.source, Some("/orders"));
+        assert_eq!(e.time_micros, 1_767_323_045_123_456);
+    }
+
+    #[test]
+    fn bare_record_uses_kafka_timestamp() {
+        let e = parse(&[], Some(1_700_000_000_000)).unwrap();
+        assert_eq!(e.id, None);
+        assert_eq!(e.time_micros, 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn offsets_in_ce_time_are_honoured() {
+        let headers: &[(&str, &[u8])] = &[("ce_time", b"2026-01-02T05:04:05+02:00")];
+        let e = parse(headers, None).unwrap();
+        assert_eq!(e.time_micros, 1_767_323_045_000_000);
+    }
+
+    #[test]
+    fn bad_headers_are_errors() {
+        let bad_time: &[(&str, &[u8])] = &[("ce_time", b"yesterday")];
+        assert_eq!(
+            parse(bad_time, None),
+            Err(EnvelopeError::BadTime("yesterday".into()))
+        );
+        let json: &[(&str, &[u8])] = &[("content-type", b"application/json")];
+        assert!(matches!(
+            parse(json, None),
+            Err(EnvelopeError::UnsupportedContentType(_))
+        ));
+        let not_utf8: &[(&str, &[u8])] = &[("ce_id", &[0xff, 0xfe])];
+        assert_eq!(parse(not_utf8, None), Err(EnvelopeError::NotUtf8("ce_id")));
+        let with_params: &[(&str, &[u8])] =
+            &[("content-type", b"application/x-protobuf; proto=x.Y")];
+        assert!(parse(with_params, None).is_ok());
+    }
+}

@@ -1,0 +1,87 @@
+//! Where things live in the bucket. Every key sluice writes is built here,
+//! so the layout in DESIGN.md has one place to be checked against.
+//!
+//! ```text
+//! <prefix>/<event>/dt=YYYY-MM-DD/hr=HH/<topic>-<partition>-<first offset>-<last offset>.parquet
+//! ```
+//! Offsets are zero-padded to 20 digits so keys sort in offset order.
+
+use std::fmt::Write as _;
+
+pub const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// The hour (since the Unix epoch, UTC) that an event time falls in.
+#[inline]
+pub fn hour_of(time_micros: i64) -> i64 {
+    time_micros.div_euclid(MICROS_PER_HOUR)
+}
+
+/// `dt=YYYY-MM-DD/hr=HH` for an hour since the epoch.
+pub fn hour_folder(hour: i64) -> String {
+    let micros = hour.saturating_mul(MICROS_PER_HOUR);
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) => t.format("dt=%Y-%m-%d/hr=%H").to_string(),
+        None => format!("dt=out-of-range/hr={hour}"),
+    }
+}
+
+/// The key of a data file.
+pub fn data_key(
+    prefix: &str,
+    event: &str,
+    hour: i64,
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+) -> String {
+    let mut key = String::with_capacity(prefix.len() + event.len() + topic.len() + 80);
+    if !prefix.is_empty() {
+        key.push_str(prefix);
+        key.push('/');
+    }
+    let _ = write!(
+        key,
+        "{event}/{}/{}-{partition}-{first_offset:020}-{last_offset:020}.parquet",
+        hour_folder(hour),
+        sanitize(topic)
+    );
+    key
+}
+
+/// Keeps characters that are safe in S3 keys and URLs; replaces the rest.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let hour = hour_of(1_767_323_045_123_456); // 2026-01-02T03:04:05Z
+        assert_eq!(
+            data_key("raw", "order_placed", hour, "orders.v1", 3, 10, 99),
+            "raw/order_placed/dt=2026-01-02/hr=03/orders.v1-3-00000000000000000010-00000000000000000099.parquet"
+        );
+        assert_eq!(
+            data_key("", "e", 0, "t/x", 0, 0, 0),
+            "e/dt=1970-01-01/hr=00/t_x-0-00000000000000000000-00000000000000000000.parquet"
+        );
+    }
+
+    #[test]
+    fn times_before_the_epoch_round_down() {
+        assert_eq!(hour_of(-1), -1);
+        assert_eq!(hour_folder(-1), "dt=1969-12-31/hr=23");
+    }
+}

@@ -1,0 +1,23 @@
+//! sluice: one Kafka topic into time-partitioned Parquet files on S3,
+//! announced on SQS for warehouse loaders.
+//!
+//! A record's path, module by module: [`source`] (Kafka) → [`envelope`]
+//! (CloudEvents headers) → [`schema`] (Protobuf straight into Arrow) →
+//! [`buffer`] (one open file per partition and hour) → [`writer`] (Parquet)
+//! → [`commit`] (upload to [`store`], advise Kafka) → [`notify`] (SQS).
+//! [`pipeline`] is the loop that drives them; [`cli`] the commands.
+
+pub mod buffer;
+pub mod cli;
+pub mod commit;
+pub mod config;
+pub mod envelope;
+pub mod layout;
+pub mod notify;
+pub mod pipeline;
+pub mod sample;
+pub mod schema;
+pub mod source;
+pub mod store;
+pub mod telemetry;
+pub mod writer;

@@ -1,0 +1,152 @@
+//! The reference event (`sluice.examples.OrderPlaced`), generated
+//! deterministically from a sequence number: the demo produces it, the
+//! integration tests check what lands against it, the benchmarks decode it.
+
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+
+/// The values of one generated event, as a reader should find them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderFields {
+    pub order_id: String,
+    pub customer_id: i64,
+    pub store_id: i64,
+    pub city: &'static str,
+    pub total_cents: i64,
+    pub item_count: i32,
+    pub payment_method: &'static str,
+    pub is_first_order: bool,
+    pub latitude: f64,
+    /// Microseconds since the Unix epoch, UTC.
+    pub placed_at_micros: i64,
+    pub promo_code: Option<String>,
+}
+
+const CITIES: [&str; 6] = ["berlin", "tokyo", "austin", "lyon", "toronto", "melbourne"];
+const PAYMENT_METHODS: [&str; 3] = [
+    "PAYMENT_METHOD_CARD",
+    "PAYMENT_METHOD_WALLET",
+    "PAYMENT_METHOD_CASH",
+];
+
+/// Generates `OrderPlaced` events.
+#[derive(Debug, Clone)]
+pub struct OrderSample {
+    descriptor: MessageDescriptor,
+    timestamp: MessageDescriptor,
+    /// Event times spread over the three hours before this (µs since epoch).
+    pub base_micros: i64,
+}
+
+impl OrderSample {
+    pub fn new(descriptor: &MessageDescriptor) -> Option<OrderSample> {
+        let timestamp = descriptor
+            .get_field_by_name("placed_at")?
+            .kind()
+            .as_message()?
+            .clone();
+        Some(OrderSample {
+            descriptor: descriptor.clone(),
+            timestamp,
+            base_micros: 1_767_225_600_000_000, // 2026-01-01T00:00:00Z
+        })
+    }
+
+    pub fn with_base_micros(mut self, base_micros: i64) -> OrderSample {
+        self.base_micros = base_micros;
+        self
+    }
+
+    pub fn fields(&self, seq: u64) -> OrderFields {
+        let r = splitmix(seq);
+        let spread_secs = (r % (3 * 3600)) as i64;
+        OrderFields {
+            order_id: format!("order-{seq:08}"),
+            customer_id: (r >> 20) as i64 % 10_000_000,
+            store_id: (r >> 40) as i64 % 50_000,
+            city: CITIES[(r % 6) as usize],
+            total_cents: 500 + (r >> 8) as i64 % 20_000,
+            item_count: 1 + (r >> 16) as i32 % 9,
+            payment_method: PAYMENT_METHODS[((r >> 4) % 3) as usize],
+            is_first_order: r % 10 == 0,
+            latitude: -60.0 + ((r >> 12) % 120_000) as f64 / 1000.0,
+            placed_at_micros: self.base_micros - spread_secs * 1_000_000 - (seq % 1000) as i64,
+            promo_code: (r % 4 == 0).then(|| format!("PROMO{}", r % 100)),
+        }
+    }
+
+    /// The encoded payload of event `seq`.
+    pub fn encode(&self, seq: u64) -> Vec<u8> {
+        let f = self.fields(seq);
+        let mut m = DynamicMessage::new(self.descriptor.clone());
+        let mut set = |name: &str, value: Value| m.set_field_by_name(name, value);
+        set("order_id", Value::String(f.order_id.clone()));
+        set("customer_id", Value::I64(f.customer_id));
+        set("store_id", Value::I64(f.store_id));
+        set("city", Value::String(f.city.to_owned()));
+        set("country_code", Value::String("DE".into()));
+        set("currency", Value::String("EUR".into()));
+        set("subtotal_cents", Value::I64(f.total_cents * 8 / 10));
+        set("tax_cents", Value::I64(f.total_cents / 10));
+        set("tip_cents", Value::I64(f.total_cents / 20));
+        set("total_cents", Value::I64(f.total_cents));
+        set("item_count", Value::I32(f.item_count));
+        let method = PAYMENT_METHODS
+            .iter()
+            .position(|m| *m == f.payment_method)
+            .unwrap_or(0) as i32
+            + 1;
+        set("payment_method", Value::EnumNumber(method));
+        set("platform", Value::EnumNumber(1 + (seq % 3) as i32));
+        set("is_first_order", Value::Bool(f.is_first_order));
+        set("latitude", Value::F64(f.latitude));
+        set("longitude", Value::F64(13.404954));
+        let mut ts = DynamicMessage::new(self.timestamp.clone());
+        ts.set_field_by_name(
+            "seconds",
+            Value::I64(f.placed_at_micros.div_euclid(1_000_000)),
+        );
+        ts.set_field_by_name(
+            "nanos",
+            Value::I32((f.placed_at_micros.rem_euclid(1_000_000) * 1000) as i32),
+        );
+        set("placed_at", Value::Message(ts));
+        if let Some(code) = &f.promo_code {
+            set("promo_code", Value::String(code.clone()));
+        }
+        set("delivery_fee_cents", Value::I32(299));
+        set(
+            "device_id",
+            Value::String(format!("device-{:016x}", splitmix(seq ^ 0xdead))),
+        );
+        set("app_version", Value::String("24.11.3".into()));
+        set("distance_km", Value::F32(3.25));
+        m.encode_to_vec()
+    }
+
+    /// CloudEvents binary-mode headers for event `seq` (key, value).
+    pub fn headers(&self, seq: u64) -> [(&'static str, String); 6] {
+        let f = self.fields(seq);
+        [
+            ("ce_id", f.order_id),
+            ("ce_source", "/sluice/demo".to_owned()),
+            ("ce_type", self.descriptor.full_name().to_owned()),
+            ("ce_time", rfc3339_micros(f.placed_at_micros)),
+            ("ce_specversion", "1.0".to_owned()),
+            ("content-type", "application/protobuf".to_owned()),
+        ]
+    }
+}
+
+fn rfc3339_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+fn splitmix(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,471 @@
+//! Protobuf wire format straight into Arrow columns, without building a
+//! message object per record.
+//!
+//! Two passes over each payload. The first walks the bytes, checks every tag,
+//! length, wire type and string, and records what it found in a reusable
+//! list of entries (a pre-order tree for nested messages). Only if the whole
+//! record is valid does the second pass append to the columns, so a bad
+//! record never leaves a half-written row behind. After the first few
+//! records neither pass allocates.
+//!
+//! Semantics follow the Protobuf spec: unknown fields are skipped, the last
+//! value of a non-repeated field wins, repeated scalars may come packed or
+//! not, absent fields without presence read as their default.
+
+use std::fmt::Write as _;
+
+use super::column::Column;
+use super::plan::{FieldKind, FieldPlan, MAX_DEPTH, MessagePlan, WireType};
+
+/// Why a payload could not be decoded. Names the field where it can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is truncated")]
+    Truncated,
+    #[error("invalid varint")]
+    BadVarint,
+    #[error("invalid field number 0")]
+    ZeroFieldNumber,
+    #[error("unsupported wire type {0}")]
+    BadWireType(u8),
+    #[error(
+        "field `{field}` arrived with wire type {wire:?}, which its schema type does not allow"
+    )]
+    WireTypeMismatch { field: String, wire: WireTypeName },
+    #[error("field `{0}` is not valid UTF-8")]
+    InvalidUtf8(String),
+    #[error("message nesting deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// A wire type as shown in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireTypeName {
+    Varint,
+    I64,
+    Len,
+    I32,
+}
+
+impl From<WireType> for WireTypeName {
+    fn from(w: WireType) -> Self {
+        match w {
+            WireType::Varint => WireTypeName::Varint,
+            WireType::I64 => WireTypeName::I64,
+            WireType::Len => WireTypeName::Len,
+            WireType::I32 => WireTypeName::I32,
+        }
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    field: u32,
+    value: Value,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Varint(u64),
+    I64(u64),
+    I32(u32),
+    /// Bytes, a string, or packed scalars: a range of the payload.
+    Len(u32, u32),
+    /// A nested message; its fields are the entries up to `end`.
+    Message {
+        end: u32,
+    },
+}
+
+/// Decodes payloads of one message type into that message's columns.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    entries: Vec<Entry>,
+    slots: Vec<u32>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Appends one row decoded from `payload` to `columns` (one per top-level
+    /// field of `plan`). On error nothing is appended.
+    pub fn decode(
+        &mut self,
+        plan: &MessagePlan,
+        payload: &[u8],
+        columns: &mut [Column],
+    ) -> Result<(), DecodeError> {
+        if payload.len() > u32::MAX as usize {
+            return Err(DecodeError::Truncated);
+        }
+        self.entries.clear();
+        parse(plan, payload, 0, payload.len(), &mut self.entries, 0)?;
+        let end = self.entries.len();
+        append_level(
+            plan,
+            payload,
+            &self.entries,
+            0,
+            end,
+            columns,
+            &mut self.slots,
+        );
+        Ok(())
+    }
+}
+
+/// Pass one: validate `buf[start..end]` as a `plan` message and record it.
+fn parse(
+    plan: &MessagePlan,
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    entries: &mut Vec<Entry>,
+    depth: usize,
+) -> Result<(), DecodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(DecodeError::TooDeep);
+    }
+    let mut pos = start;
+    while pos < end {
+        let key = varint(buf, &mut pos, end)?;
+        let number = u32::try_from(key >> 3).map_err(|_| DecodeError::BadVarint)?;
+        if number == 0 {
+            return Err(DecodeError::ZeroFieldNumber);
+        }
+        let wire = match key & 7 {
+            0 => WireType::Varint,
+            1 => WireType::I64,
+            2 => WireType::Len,
+            5 => WireType::I32,
+            other => return Err(DecodeError::BadWireType(other as u8)),
+        };
+        let index = plan.find(number);
+        let field = match index {
+            Some(i) => {
+                let f = &plan.fields[i];
+                if !f.accepts(wire) {
+                    return Err(DecodeError::WireTypeMismatch {
+                        field: f.name.clone(),
+                        wire: wire.into(),
+                    });
+                }
+                Some((i as u32, f))
+            }
+            None => None,
+        };
+        let value = match wire {
+            WireType::Varint => Value::Varint(varint(buf, &mut pos, end)?),
+            WireType::I64 => Value::I64(u64::from_le_bytes(fixed(buf, &mut pos, end)?)),
+            WireType::I32 => Value::I32(u32::from_le_bytes(fixed(buf, &mut pos, end)?)),
+            WireType::Len => {
+                let len = varint(buf, &mut pos, end)?;
+                let from = pos;
+                let to = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| from.checked_add(len))
+                    .filter(|&to| to <= end)
+                    .ok_or(DecodeError::Truncated)?;
+                pos = to;
+                if let Some((i, f)) = field {
+                    parse_len(i, f, buf, from, to, entries, depth)?;
+                }
+                continue;
+            }
+        };
+        if let Some((i, _)) = field {
+            entries.push(Entry { field: i, value });
+        }
+    }
+    Ok(())
+}
+
+/// A length-delimited value of a known field: nested message, string, bytes
+/// or packed scalars.
+fn parse_len(
+    index: u32,
+    field: &FieldPlan,
+    buf: &[u8],
+    from: usize,
+    to: usize,
+    entries: &mut Vec<Entry>,
+    depth: usize,
+) -> Result<(), DecodeError> {
+    match &field.kind {
+        FieldKind::Message(sub) | FieldKind::Timestamp(sub) => {
+            let at = entries.len();
+            entries.push(Entry {
+                field: index,
+                value: Value::Message { end: 0 },
+            });
+            parse(sub, buf, from, to, entries, depth + 1)?;
+            entries[at].value = Value::Message {
+                end: entries.len() as u32,
+            };
+            return Ok(());
+        }
+        FieldKind::String => {
+            if std::str::from_utf8(&buf[from..to]).is_err() {
+                return Err(DecodeError::InvalidUtf8(field.name.clone()));
+            }
+        }
+        FieldKind::Bytes => {}
+        packed => {
+            // Packed repeated scalars: check every element now.
+            let mut pos = from;
+            while pos < to {
+                match packed.wire_type() {
+                    WireType::Varint => {
+                        varint(buf, &mut pos, to)?;
+                    }
+                    WireType::I64 => {
+                        fixed::<8>(buf, &mut pos, to)?;
+                    }
+                    WireType::I32 => {
+                        fixed::<4>(buf, &mut pos, to)?;
+                    }
+                    WireType::Len => return Err(DecodeError::Truncated),
+                }
+            }
+        }
+    }
+    entries.push(Entry {
+        field: index,
+        value: Value::Len(from as u32, to as u32),
+    });
+    Ok(())
+}
+
+/// Pass two: append the message whose entries are `entries[first..end]`.
+/// Everything was validated by pass one, so this cannot fail.
+fn append_level(
+    plan: &MessagePlan,
+    buf: &[u8],
+    entries: &[Entry],
+    first: usize,
+    end: usize,
+    columns: &mut [Column],
+    slots: &mut Vec<u32>,
+) {
+    let base = slots.len();
+    slots.resize(base + plan.fields.len(), NONE);
+    let mut i = first;
+    while i < end {
+        let e = entries[i];
+        if !plan.fields[e.field as usize].repeated {
+            slots[base + e.field as usize] = i as u32;
+        }
+        i = next(entries, i);
+    }
+    for (index, (field, column)) in plan.fields.iter().zip(columns.iter_mut()).enumerate() {
+        if field.repeated {
+            let Column::List(list) = column else {
+                continue;
+            };
+            let mut i = first;
+            while i < end {
+                if entries[i].field as usize == index {
+                    append_repeated(field, buf, entries, i, &mut list.child, slots);
+                }
+                i = next(entries, i);
+            }
+            list.close_row();
+        } else {
+            match slots[base + index] {
+                NONE => append_absent(field, column),
+                at => append_value(&field.kind, buf, entries, at as usize, column, slots),
+            }
+        }
+    }
+    slots.truncate(base);
+}
+
+fn next(entries: &[Entry], i: usize) -> usize {
+    match entries[i].value {
+        Value::Message { end } => end as usize,
+        _ => i + 1,
+    }
+}
+
+fn append_repeated(
+    field: &FieldPlan,
+    buf: &[u8],
+    entries: &[Entry],
+    at: usize,
+    child: &mut Column,
+    slots: &mut Vec<u32>,
+) {
+    let natural = field.kind.wire_type();
+    match entries[at].value {
+        Value::Len(from, to) if natural != WireType::Len => {
+            let (mut pos, to) = (from as usize, to as usize);
+            while pos < to {
+                let value = match natural {
+                    WireType::Varint => varint(buf, &mut pos, to).map(Value::Varint),
+                    WireType::I64 => {
+                        fixed(buf, &mut pos, to).map(|b| Value::I64(u64::from_le_bytes(b)))
+                    }
+                    WireType::I32 => {
+                        fixed(buf, &mut pos, to).map(|b| Value::I32(u32::from_le_bytes(b)))
+                    }
+                    WireType::Len => break,
+                };
+                match value {
+                    Ok(value) => append_scalar(&field.kind, buf, value, child),
+                    Err(_) => break,
+                }
+            }
+        }
+        _ => append_value(&field.kind, buf, entries, at, child, slots),
+    }
+}
+
+fn append_value(
+    kind: &FieldKind,
+    buf: &[u8],
+    entries: &[Entry],
+    at: usize,
+    column: &mut Column,
+    slots: &mut Vec<u32>,
+) {
+    let entry = entries[at];
+    match (kind, entry.value, column) {
+        (FieldKind::Message(sub), Value::Message { end }, Column::Struct(s)) => {
+            append_level(
+                sub,
+                buf,
+                entries,
+                at + 1,
+                end as usize,
+                &mut s.children,
+                slots,
+            );
+            s.close_row();
+        }
+        (FieldKind::Timestamp(_), Value::Message { end }, Column::Ts(b)) => {
+            let (mut seconds, mut nanos) = (0i64, 0i64);
+            for e in &entries[at + 1..end as usize] {
+                match (e.field, e.value) {
+                    (0, Value::Varint(v)) => seconds = v as i64,
+                    (1, Value::Varint(v)) => nanos = i64::from(v as i32),
+                    _ => {}
+                }
+            }
+            b.append_value(
+                seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(nanos / 1_000),
+            );
+        }
+        (kind, value, column) => append_scalar(kind, buf, value, column),
+    }
+}
+
+#[inline]
+fn append_scalar(kind: &FieldKind, buf: &[u8], value: Value, column: &mut Column) {
+    match (kind, value, column) {
+        (FieldKind::Int32, Value::Varint(v), Column::I32(b)) => b.append_value(v as i32),
+        (FieldKind::SInt32, Value::Varint(v), Column::I32(b)) => b.append_value(zigzag32(v as u32)),
+        (FieldKind::SFixed32, Value::I32(v), Column::I32(b)) => b.append_value(v as i32),
+        (FieldKind::Int64, Value::Varint(v), Column::I64(b)) => b.append_value(v as i64),
+        (FieldKind::SInt64, Value::Varint(v), Column::I64(b)) => b.append_value(zigzag64(v)),
+        (FieldKind::SFixed64, Value::I64(v), Column::I64(b)) => b.append_value(v as i64),
+        (FieldKind::UInt32, Value::Varint(v), Column::U32(b)) => b.append_value(v as u32),
+        (FieldKind::Fixed32, Value::I32(v), Column::U32(b)) => b.append_value(v),
+        (FieldKind::UInt64, Value::Varint(v), Column::U64(b)) => b.append_value(v),
+        (FieldKind::Fixed64, Value::I64(v), Column::U64(b)) => b.append_value(v),
+        (FieldKind::Double, Value::I64(v), Column::F64(b)) => b.append_value(f64::from_bits(v)),
+        (FieldKind::Float, Value::I32(v), Column::F32(b)) => b.append_value(f32::from_bits(v)),
+        (FieldKind::Bool, Value::Varint(v), Column::Bool(b)) => b.append_value(v != 0),
+        (FieldKind::Enum(e), Value::Varint(v), Column::Str(b)) => match e.name(v as i32) {
+            Some(name) => b.append_value(name),
+            None => {
+                // An enum number newer than the schema: keep the number.
+                let _ = write!(b, "{}", v as i32);
+                b.append_value("");
+            }
+        },
+        (FieldKind::String, Value::Len(from, to), Column::Str(b)) => {
+            match std::str::from_utf8(&buf[from as usize..to as usize]) {
+                Ok(s) => b.append_value(s),
+                Err(_) => b.append_null(),
+            }
+        }
+        (FieldKind::Bytes, Value::Len(from, to), Column::Bin(b)) => {
+            b.append_value(&buf[from as usize..to as usize])
+        }
+        (_, _, column) => column.append_null(),
+    }
+}
+
+/// An absent non-repeated field: null with explicit presence, else the
+/// type's default.
+fn append_absent(field: &FieldPlan, column: &mut Column) {
+    if field.nullable {
+        column.append_null();
+        return;
+    }
+    match (&field.kind, column) {
+        (_, Column::I32(b)) => b.append_value(0),
+        (_, Column::I64(b)) => b.append_value(0),
+        (_, Column::U32(b)) => b.append_value(0),
+        (_, Column::U64(b)) => b.append_value(0),
+        (_, Column::F32(b)) => b.append_value(0.0),
+        (_, Column::F64(b)) => b.append_value(0.0),
+        (_, Column::Bool(b)) => b.append_value(false),
+        (FieldKind::Enum(e), Column::Str(b)) => b.append_value(&e.default),
+        (_, Column::Str(b)) => b.append_value(""),
+        (_, Column::Bin(b)) => b.append_value([]),
+        (_, column) => column.append_null(),
+    }
+}
+
+#[inline]
+fn varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        if *pos >= end {
+            return Err(DecodeError::Truncated);
+        }
+        let byte = buf[*pos];
+        *pos += 1;
+        if shift == 63 && byte > 1 {
+            return Err(DecodeError::BadVarint);
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::BadVarint)
+}
+
+#[inline]
+fn fixed<const N: usize>(buf: &[u8], pos: &mut usize, end: usize) -> Result<[u8; N], DecodeError> {
+    let to = *pos + N;
+    if to > end {
+        return Err(DecodeError::Truncated);
+    }
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[*pos..to]);
+    *pos = to;
+    Ok(out)
+}
+
+#[inline]
+fn zigzag32(v: u32) -> i32 {
+    ((v >> 1) as i32) ^ -((v & 1) as i32)
+}
+
+#[inline]
+fn zigzag64(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -1,0 +1,303 @@
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::*;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, Value as PValue};
+
+use super::*;
+use crate::schema::{LocalRegistry, MessagePlan};
+
+fn registry() -> LocalRegistry {
+    LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+struct Fixture {
+    registry: LocalRegistry,
+    plan: MessagePlan,
+    columns: Vec<Column>,
+    decoder: Decoder,
+}
+
+impl Fixture {
+    fn new(message: &str) -> Fixture {
+        let registry = registry();
+        let plan = MessagePlan::new(&registry.message(message).unwrap()).unwrap();
+        let columns = plan
+            .arrow_fields()
+            .iter()
+            .map(|f| Column::for_type(f.data_type()).unwrap())
+            .collect();
+        Fixture {
+            registry,
+            plan,
+            columns,
+            decoder: Decoder::new(),
+        }
+    }
+
+    fn message(&self, name: &str) -> DynamicMessage {
+        DynamicMessage::new(self.registry.message(name).unwrap())
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        self.decoder.decode(&self.plan, bytes, &mut self.columns)
+    }
+
+    fn finish(&mut self) -> RecordBatch {
+        let arrays = self.columns.iter_mut().map(Column::finish).collect();
+        let schema = Schema::new(self.plan.arrow_fields());
+        RecordBatch::try_new(std::sync::Arc::new(schema), arrays).unwrap()
+    }
+}
+
+fn set(m: &mut DynamicMessage, field: &str, value: PValue) {
+    m.set_field_by_name(field, value);
+}
+
+fn full_scalars(f: &Fixture) -> DynamicMessage {
+    let mut m = f.message("sluice.testing.Scalars");
+    set(&mut m, "f_double", PValue::F64(1.5));
+    set(&mut m, "f_float", PValue::F32(-2.25));
+    set(&mut m, "f_int32", PValue::I32(-7));
+    set(&mut m, "f_int64", PValue::I64(-9_000_000_000));
+    set(&mut m, "f_uint32", PValue::U32(4_000_000_000));
+    set(&mut m, "f_uint64", PValue::U64(u64::MAX));
+    set(&mut m, "f_sint32", PValue::I32(-123));
+    set(&mut m, "f_sint64", PValue::I64(i64::MIN));
+    set(&mut m, "f_fixed32", PValue::U32(77));
+    set(&mut m, "f_fixed64", PValue::U64(88));
+    set(&mut m, "f_sfixed32", PValue::I32(-99));
+    set(&mut m, "f_sfixed64", PValue::I64(-100));
+    set(&mut m, "f_bool", PValue::Bool(true));
+    set(&mut m, "f_string", PValue::String("héllo".into()));
+    set(&mut m, "f_bytes", PValue::Bytes(vec![0, 1, 2].into()));
+    set(&mut m, "f_enum", PValue::EnumNumber(2));
+    set(&mut m, "f_optional", PValue::I32(0));
+    let mut point = f.message("sluice.testing.Point");
+    set(&mut point, "x", PValue::I32(-1));
+    set(&mut point, "y", PValue::I32(2));
+    set(&mut point, "label", PValue::String("p".into()));
+    set(&mut m, "f_point", PValue::Message(point.clone()));
+    set(
+        &mut m,
+        "f_packed",
+        PValue::List(vec![PValue::I64(1), PValue::I64(-2), PValue::I64(300)]),
+    );
+    set(
+        &mut m,
+        "f_unpacked",
+        PValue::List(vec![PValue::I64(4), PValue::I64(5)]),
+    );
+    set(
+        &mut m,
+        "f_strings",
+        PValue::List(vec![PValue::String("a".into()), PValue::String("".into())]),
+    );
+    set(
+        &mut m,
+        "f_points",
+        PValue::List(vec![PValue::Message(point.clone()), PValue::Message(point)]),
+    );
+    let mut ts = f.message("google.protobuf.Timestamp");
+    set(&mut ts, "seconds", PValue::I64(1_700_000_000));
+    set(&mut ts, "nanos", PValue::I32(123_456_789));
+    set(&mut m, "f_time", PValue::Message(ts));
+    set(&mut m, "f_far", PValue::I32(42));
+    m
+}
+
+#[test]
+fn every_scalar_kind_round_trips() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    let m = full_scalars(&f);
+    f.decode(&m.encode_to_vec()).unwrap();
+    let b = f.finish();
+    let col = |name: &str| b.column_by_name(name).unwrap().clone();
+    assert_eq!(col("f_double").as_primitive::<Float64Type>().value(0), 1.5);
+    assert_eq!(col("f_float").as_primitive::<Float32Type>().value(0), -2.25);
+    assert_eq!(col("f_int32").as_primitive::<Int32Type>().value(0), -7);
+    assert_eq!(
+        col("f_int64").as_primitive::<Int64Type>().value(0),
+        -9_000_000_000
+    );
+    assert_eq!(
+        col("f_uint32").as_primitive::<UInt32Type>().value(0),
+        4_000_000_000
+    );
+    assert_eq!(
+        col("f_uint64").as_primitive::<UInt64Type>().value(0),
+        u64::MAX
+    );
+    assert_eq!(col("f_sint32").as_primitive::<Int32Type>().value(0), -123);
+    assert_eq!(
+        col("f_sint64").as_primitive::<Int64Type>().value(0),
+        i64::MIN
+    );
+    assert_eq!(col("f_fixed32").as_primitive::<UInt32Type>().value(0), 77);
+    assert_eq!(col("f_fixed64").as_primitive::<UInt64Type>().value(0), 88);
+    assert_eq!(col("f_sfixed32").as_primitive::<Int32Type>().value(0), -99);
+    assert_eq!(col("f_sfixed64").as_primitive::<Int64Type>().value(0), -100);
+    assert!(col("f_bool").as_boolean().value(0));
+    assert_eq!(col("f_string").as_string::<i32>().value(0), "héllo");
+    assert_eq!(col("f_bytes").as_binary::<i32>().value(0), &[0, 1, 2]);
+    assert_eq!(col("f_enum").as_string::<i32>().value(0), "COLOR_GREEN");
+    // Explicit presence: set to zero is not null.
+    assert_eq!(col("f_optional").as_primitive::<Int32Type>().value(0), 0);
+    assert!(col("f_optional").is_valid(0));
+    let point = col("f_point");
+    let point = point.as_struct();
+    assert_eq!(point.column(0).as_primitive::<Int32Type>().value(0), -1);
+    assert_eq!(point.column(2).as_string::<i32>().value(0), "p");
+    let packed = col("f_packed");
+    let packed = packed.as_list::<i32>().value(0);
+    assert_eq!(packed.as_primitive::<Int64Type>().values(), &[1, -2, 300]);
+    let unpacked = col("f_unpacked");
+    assert_eq!(
+        unpacked
+            .as_list::<i32>()
+            .value(0)
+            .as_primitive::<Int64Type>()
+            .values(),
+        &[4, 5]
+    );
+    let strings = col("f_strings");
+    let strings = strings.as_list::<i32>().value(0);
+    assert_eq!(
+        strings.as_string::<i32>().iter().collect::<Vec<_>>(),
+        vec![Some("a"), Some("")]
+    );
+    let points = col("f_points");
+    assert_eq!(points.as_list::<i32>().value(0).len(), 2);
+    assert_eq!(
+        col("f_time")
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0),
+        1_700_000_000_123_456
+    );
+    assert_eq!(col("f_far").as_primitive::<Int32Type>().value(0), 42);
+}
+
+#[test]
+fn absent_fields_are_defaults_or_null_by_presence() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    f.decode(&[]).unwrap();
+    let b = f.finish();
+    let col = |name: &str| b.column_by_name(name).unwrap().clone();
+    assert_eq!(col("f_int64").as_primitive::<Int64Type>().value(0), 0);
+    assert!(col("f_int64").is_valid(0));
+    assert_eq!(col("f_string").as_string::<i32>().value(0), "");
+    assert_eq!(
+        col("f_enum").as_string::<i32>().value(0),
+        "COLOR_UNSPECIFIED"
+    );
+    assert!(col("f_optional").is_null(0));
+    assert!(col("f_point").is_null(0));
+    assert!(col("f_time").is_null(0));
+    assert_eq!(col("f_packed").as_list::<i32>().value(0).len(), 0);
+}
+
+#[test]
+fn last_value_wins_and_unknown_fields_are_skipped() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    // f_int32 = 1, unknown field 99 (varint), f_int32 = 2, unknown 98 (bytes)
+    let bytes = [
+        0x18, 0x01, 0x98, 0x06, 0x05, 0x18, 0x02, 0x92, 0x06, 0x02, 0xAA, 0xBB,
+    ];
+    f.decode(&bytes).unwrap();
+    let b = f.finish();
+    assert_eq!(
+        b.column_by_name("f_int32")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(0),
+        2
+    );
+}
+
+#[test]
+fn unknown_enum_number_keeps_the_number() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    f.decode(&[0x80, 0x01, 0x07]).unwrap(); // f_enum (16) = 7
+    let b = f.finish();
+    assert_eq!(
+        b.column_by_name("f_enum")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "7"
+    );
+}
+
+#[test]
+fn bad_payloads_are_errors_and_leave_no_partial_row() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    let good = full_scalars(&f).encode_to_vec();
+    let cases: Vec<(Vec<u8>, DecodeError)> = vec![
+        (good[..good.len() - 3].to_vec(), DecodeError::Truncated),
+        (vec![0x00, 0x01], DecodeError::ZeroFieldNumber),
+        (vec![0x1B], DecodeError::BadWireType(3)),
+        (
+            vec![0x72, 0x02, 0xC3, 0x28],
+            DecodeError::InvalidUtf8("f_string".into()),
+        ),
+        (
+            vec![0x1D, 1, 2, 3, 4], // f_int32 as fixed32
+            DecodeError::WireTypeMismatch {
+                field: "f_int32".into(),
+                wire: WireTypeName::I32,
+            },
+        ),
+        (
+            vec![
+                0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F,
+            ],
+            DecodeError::BadVarint,
+        ),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(f.decode(&bytes), Err(expected), "{bytes:?}");
+    }
+    f.decode(&good).unwrap();
+    let b = f.finish();
+    assert_eq!(b.num_rows(), 1);
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut f = Fixture::new("sluice.testing.Scalars");
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut ok = 0usize;
+    for len in 0..2000usize {
+        let bytes: Vec<u8> = (0..len % 97)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        if f.decode(&bytes).is_ok() {
+            ok += 1;
+        }
+    }
+    let b = f.finish();
+    assert_eq!(b.num_rows(), ok);
+}
+
+#[test]
+fn reference_event_decodes() {
+    let mut f = Fixture::new("sluice.examples.OrderPlaced");
+    let descriptor = f.registry.message("sluice.examples.OrderPlaced").unwrap();
+    let sample = crate::sample::OrderSample::new(&descriptor).unwrap();
+    let bytes = sample.encode(7);
+    f.decode(&bytes).unwrap();
+    let b = f.finish();
+    assert_eq!(
+        b.column_by_name("order_id")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "order-00000007"
+    );
+}

@@ -1,0 +1,260 @@
+//! The decode plan: a Protobuf message descriptor flattened into what the
+//! hot path needs (field number → column, wire type, conversion) and the
+//! Arrow schema of the columns it fills.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use prost_reflect::{Cardinality, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
+
+use super::SchemaError;
+use super::column::UTC;
+
+/// Message nesting deeper than this is refused at start-up.
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// Field numbers below this are looked up in a dense table.
+const DENSE_LIMIT: u32 = 256;
+
+#[derive(Debug)]
+pub struct MessagePlan {
+    pub(crate) fields: Vec<FieldPlan>,
+    dense: Vec<u16>,
+    sparse: HashMap<u32, u16>,
+}
+
+#[derive(Debug)]
+pub(crate) struct FieldPlan {
+    pub(crate) name: String,
+    pub(crate) kind: FieldKind,
+    pub(crate) repeated: bool,
+    /// Absent means null (explicit presence) rather than the default value.
+    pub(crate) nullable: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum FieldKind {
+    Double,
+    Float,
+    Int32,
+    Int64,
+    UInt32,
+    UInt64,
+    SInt32,
+    SInt64,
+    Fixed32,
+    Fixed64,
+    SFixed32,
+    SFixed64,
+    Bool,
+    String,
+    Bytes,
+    Enum(EnumPlan),
+    Message(Box<MessagePlan>),
+    /// `google.protobuf.Timestamp`, written as a UTC timestamp.
+    Timestamp(Box<MessagePlan>),
+}
+
+/// Protobuf wire types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WireType {
+    Varint,
+    I64,
+    Len,
+    I32,
+}
+
+#[derive(Debug)]
+pub(crate) struct EnumPlan {
+    /// Names by number for numbers in `0..names.len()`.
+    dense: Vec<Option<Box<str>>>,
+    sparse: HashMap<i32, Box<str>>,
+    pub(crate) default: Box<str>,
+}
+
+impl MessagePlan {
+    pub fn new(message: &MessageDescriptor) -> Result<MessagePlan, SchemaError> {
+        Self::build(message, &mut Vec::new())
+    }
+
+    fn build(
+        message: &MessageDescriptor,
+        ancestors: &mut Vec<String>,
+    ) -> Result<MessagePlan, SchemaError> {
+        if ancestors.iter().any(|a| a == message.full_name()) {
+            return Err(SchemaError::Unsupported(format!(
+                "message {} is recursive ({}); recursive messages are not supported yet",
+                message.full_name(),
+                ancestors.join(" → ")
+            )));
+        }
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(SchemaError::Unsupported(format!(
+                "message {} nests deeper than {MAX_DEPTH} levels",
+                message.full_name()
+            )));
+        }
+        ancestors.push(message.full_name().to_owned());
+        let mut fields = Vec::new();
+        let mut dense = vec![0u16; DENSE_LIMIT as usize];
+        let mut sparse = HashMap::new();
+        for field in message.fields() {
+            let index = u16::try_from(fields.len() + 1).map_err(|_| {
+                SchemaError::Unsupported(format!("{} has too many fields", message.full_name()))
+            })?;
+            if field.number() < DENSE_LIMIT {
+                dense[field.number() as usize] = index;
+            } else {
+                sparse.insert(field.number(), index);
+            }
+            fields.push(FieldPlan::build(&field, ancestors)?);
+        }
+        ancestors.pop();
+        Ok(MessagePlan {
+            fields,
+            dense,
+            sparse,
+        })
+    }
+
+    /// The index of the field with this number, if the schema knows it.
+    #[inline]
+    pub(crate) fn find(&self, number: u32) -> Option<usize> {
+        let index = if number < DENSE_LIMIT {
+            self.dense[number as usize]
+        } else {
+            *self.sparse.get(&number)?
+        };
+        (index != 0).then(|| index as usize - 1)
+    }
+
+    /// The Arrow fields of this message's columns, in field order.
+    pub fn arrow_fields(&self) -> Fields {
+        self.fields.iter().map(FieldPlan::arrow_field).collect()
+    }
+}
+
+impl FieldPlan {
+    fn build(
+        field: &FieldDescriptor,
+        ancestors: &mut Vec<String>,
+    ) -> Result<FieldPlan, SchemaError> {
+        let kind = match field.kind() {
+            Kind::Double => FieldKind::Double,
+            Kind::Float => FieldKind::Float,
+            Kind::Int32 => FieldKind::Int32,
+            Kind::Int64 => FieldKind::Int64,
+            Kind::Uint32 => FieldKind::UInt32,
+            Kind::Uint64 => FieldKind::UInt64,
+            Kind::Sint32 => FieldKind::SInt32,
+            Kind::Sint64 => FieldKind::SInt64,
+            Kind::Fixed32 => FieldKind::Fixed32,
+            Kind::Fixed64 => FieldKind::Fixed64,
+            Kind::Sfixed32 => FieldKind::SFixed32,
+            Kind::Sfixed64 => FieldKind::SFixed64,
+            Kind::Bool => FieldKind::Bool,
+            Kind::String => FieldKind::String,
+            Kind::Bytes => FieldKind::Bytes,
+            Kind::Enum(e) => FieldKind::Enum(EnumPlan::new(&e)),
+            Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+                FieldKind::Timestamp(Box::new(MessagePlan::build(&m, ancestors)?))
+            }
+            Kind::Message(m) => FieldKind::Message(Box::new(MessagePlan::build(&m, ancestors)?)),
+        };
+        Ok(FieldPlan {
+            name: field.name().to_owned(),
+            kind,
+            repeated: field.cardinality() == Cardinality::Repeated,
+            nullable: field.supports_presence(),
+        })
+    }
+
+    fn arrow_field(&self) -> Field {
+        let element = self.kind.arrow_type();
+        if self.repeated {
+            let item = Field::new("item", element, true);
+            Field::new(&self.name, DataType::List(Arc::new(item)), false)
+        } else {
+            Field::new(&self.name, element, true)
+        }
+    }
+
+    /// Whether a value of this field may arrive with `wire`.
+    pub(crate) fn accepts(&self, wire: WireType) -> bool {
+        let natural = self.kind.wire_type();
+        wire == natural || (self.repeated && wire == WireType::Len && natural != WireType::Len)
+    }
+}
+
+impl FieldKind {
+    pub(crate) fn wire_type(&self) -> WireType {
+        match self {
+            FieldKind::Int32
+            | FieldKind::Int64
+            | FieldKind::UInt32
+            | FieldKind::UInt64
+            | FieldKind::SInt32
+            | FieldKind::SInt64
+            | FieldKind::Bool
+            | FieldKind::Enum(_) => WireType::Varint,
+            FieldKind::Double | FieldKind::Fixed64 | FieldKind::SFixed64 => WireType::I64,
+            FieldKind::Float | FieldKind::Fixed32 | FieldKind::SFixed32 => WireType::I32,
+            FieldKind::String
+            | FieldKind::Bytes
+            | FieldKind::Message(_)
+            | FieldKind::Timestamp(_) => WireType::Len,
+        }
+    }
+
+    fn arrow_type(&self) -> DataType {
+        match self {
+            FieldKind::Double => DataType::Float64,
+            FieldKind::Float => DataType::Float32,
+            FieldKind::Int32 | FieldKind::SInt32 | FieldKind::SFixed32 => DataType::Int32,
+            FieldKind::Int64 | FieldKind::SInt64 | FieldKind::SFixed64 => DataType::Int64,
+            FieldKind::UInt32 | FieldKind::Fixed32 => DataType::UInt32,
+            FieldKind::UInt64 | FieldKind::Fixed64 => DataType::UInt64,
+            FieldKind::Bool => DataType::Boolean,
+            FieldKind::String | FieldKind::Enum(_) => DataType::Utf8,
+            FieldKind::Bytes => DataType::Binary,
+            FieldKind::Message(m) => DataType::Struct(m.arrow_fields()),
+            FieldKind::Timestamp(_) => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+        }
+    }
+}
+
+impl EnumPlan {
+    fn new(descriptor: &EnumDescriptor) -> EnumPlan {
+        let mut dense: Vec<Option<Box<str>>> = Vec::new();
+        let mut sparse = HashMap::new();
+        for value in descriptor.values() {
+            let name: Box<str> = value.name().into();
+            match usize::try_from(value.number()) {
+                Ok(n) if n < 1024 => {
+                    if dense.len() <= n {
+                        dense.resize(n + 1, None);
+                    }
+                    dense[n].get_or_insert(name);
+                }
+                _ => {
+                    sparse.entry(value.number()).or_insert(name);
+                }
+            }
+        }
+        EnumPlan {
+            dense,
+            sparse,
+            default: descriptor.default_value().name().into(),
+        }
+    }
+
+    /// The value's name, or `None` for a number the schema does not know.
+    #[inline]
+    pub(crate) fn name(&self, number: i32) -> Option<&str> {
+        match usize::try_from(number) {
+            Ok(n) if n < self.dense.len() => self.dense[n].as_deref(),
+            _ => self.sparse.get(&number).map(|s| &**s),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Object storage: S3, a local directory, or memory (tests).
+//!
+//! The commit code talks to [`ObjectStore`] and matches on what an error
+//! *means* ([`StoreError`]), never on a backend's error codes. Backends do
+//! not retry beyond what their SDK does; callers decide with
+//! [`StoreError::is_retryable`].
+
+mod local;
+mod memory;
+mod s3;
+
+pub mod conformance;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalStore;
+pub use memory::MemoryStore;
+pub use s3::S3Store;
+
+use crate::config::{Config, StorageUrl};
+
+/// How a put treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists
+    /// (S3 `If-None-Match: *`).
+    Create,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub e_tag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object {0} already exists")]
+    AlreadyExists(String),
+    #[error("{op} {key}: {message}")]
+    Other {
+        op: &'static str,
+        key: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Other {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Writes `body` at `key` and returns the object's ETag.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String, StoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The bucket name announced in notifications.
+    fn bucket(&self) -> &str;
+}
+
+/// The store `storage.url` names, and the key prefix inside it.
+pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, String), StoreError> {
+    let url = config.storage_url().map_err(|message| StoreError::Other {
+        op: "open",
+        key: config.storage.url.clone(),
+        message,
+        retryable: false,
+    })?;
+    Ok(match url {
+        StorageUrl::S3 { bucket, prefix } => {
+            let store = S3Store::new(bucket, config.storage.force_path_style).await;
+            (Arc::new(store), prefix)
+        }
+        StorageUrl::Local { dir } => (Arc::new(LocalStore::new(dir)), String::new()),
+    })
+}
+
+/// A stable hex digest of `bytes`, the ETag of stores that have no other.
+fn content_tag(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}

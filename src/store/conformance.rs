@@ -1,0 +1,98 @@
+//! The behaviour every [`ObjectStore`] must show. Each backend's tests run
+//! it: memory and local directory in unit tests, S3 against moto in the
+//! integration tests. Keys are made unique per run so stores can be shared.
+
+use bytes::Bytes;
+
+use super::{ObjectStore, PutMode, StoreError};
+
+/// Panics with a message naming the broken behaviour.
+pub async fn run(store: &dyn ObjectStore) {
+    let base = format!(
+        "conformance-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let key = format!("{base}/a/one.bin");
+
+    // get of a missing key is NotFound
+    match store.get(&key).await {
+        Err(StoreError::NotFound(k)) => assert_eq!(k, key),
+        other => panic!("get of a missing key: expected NotFound, got {other:?}"),
+    }
+
+    // put then get returns the bytes
+    let tag = store
+        .put(&key, Bytes::from_static(b"hello"), PutMode::Overwrite)
+        .await
+        .expect("put");
+    assert!(!tag.is_empty(), "put returns an ETag");
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Bytes::from_static(b"hello")
+    );
+
+    // overwrite replaces
+    store
+        .put(&key, Bytes::from_static(b"world!"), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Bytes::from_static(b"world!")
+    );
+
+    // create on an existing key is AlreadyExists and changes nothing
+    match store
+        .put(&key, Bytes::from_static(b"x"), PutMode::Create)
+        .await
+    {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("create over an existing key: expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Bytes::from_static(b"world!")
+    );
+
+    // create on a new key succeeds
+    let second = format!("{base}/a/two.bin");
+    store
+        .put(&second, Bytes::from_static(b"2"), PutMode::Create)
+        .await
+        .expect("create of a new key");
+    let third = format!("{base}/b/three.bin");
+    store
+        .put(&third, Bytes::from_static(b"333"), PutMode::Overwrite)
+        .await
+        .expect("put");
+
+    // list by prefix, in key order, with sizes
+    let listed = store.list(&format!("{base}/a/")).await.expect("list");
+    let keys: Vec<_> = listed.iter().map(|m| (m.key.as_str(), m.size)).collect();
+    assert_eq!(keys, vec![(key.as_str(), 6), (second.as_str(), 1)]);
+    assert_eq!(
+        store.list(&format!("{base}/")).await.expect("list").len(),
+        3
+    );
+    assert!(
+        store
+            .list(&format!("{base}/none/"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // delete removes; deleting again is fine
+    store.delete(&key).await.expect("delete");
+    store.delete(&key).await.expect("delete of a missing key");
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound(_))
+    ));
+    for k in [&second, &third] {
+        store.delete(k).await.expect("delete");
+    }
+}

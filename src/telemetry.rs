@@ -1,0 +1,145 @@
+//! Logs and metrics. One function per thing that happens, emitting the log
+//! line and the metric together, so call sites never spell metric names.
+//! Metric handles are created once; incrementing one is an atomic add.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing::{debug, info, warn};
+
+/// Installs the Prometheus exporter serving `/metrics` on `listen`.
+/// Must be called inside a Tokio runtime.
+pub fn install_exporter(listen: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))
+}
+
+/// Why a record did not become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// The CloudEvents headers were unreadable.
+    Envelope,
+    /// The payload did not decode against the schema.
+    Decode,
+}
+
+impl FailReason {
+    fn label(self) -> &'static str {
+        match self {
+            FailReason::Envelope => "envelope",
+            FailReason::Decode => "decode",
+        }
+    }
+}
+
+/// The metrics of one sink, labelled with its event.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    event: String,
+    consumed: Counter,
+    committed: Counter,
+    files: Counter,
+    bytes: Counter,
+    notified: Counter,
+    notify_failures: Counter,
+    offset_commit_failures: Counter,
+    buffered: Gauge,
+    checkpoint_seconds: Histogram,
+    upload_seconds: Histogram,
+}
+
+impl Telemetry {
+    pub fn new(event: &str) -> Telemetry {
+        let label = [("event", event.to_owned())];
+        Telemetry {
+            event: event.to_owned(),
+            consumed: counter!("sluice_records_consumed_total", &label),
+            committed: counter!("sluice_records_committed_total", &label),
+            files: counter!("sluice_files_committed_total", &label),
+            bytes: counter!("sluice_bytes_committed_total", &label),
+            notified: counter!("sluice_notifications_sent_total", &label),
+            notify_failures: counter!("sluice_notification_failures_total", &label),
+            offset_commit_failures: counter!("sluice_kafka_commit_failures_total", &label),
+            buffered: gauge!("sluice_buffered_bytes", &label),
+            checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
+            upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
+        }
+    }
+
+    #[inline]
+    pub fn consumed(&self, records: u64) {
+        self.consumed.increment(records);
+    }
+
+    pub fn record_failed(
+        &self,
+        partition: i32,
+        offset: i64,
+        reason: FailReason,
+        error: &dyn std::fmt::Display,
+    ) {
+        warn!(partition, offset, reason = reason.label(), error = %error, "record skipped");
+        counter!("sluice_records_failed_total", "event" => self.event.clone(), "reason" => reason.label())
+            .increment(1);
+    }
+
+    pub fn buffered(&self, bytes: usize) {
+        self.buffered.set(bytes as f64);
+    }
+
+    pub fn file_uploaded(&self, key: &str, rows: u64, size: u64, took: Duration) {
+        debug!(
+            key,
+            rows,
+            size,
+            took_ms = took.as_millis() as u64,
+            "file uploaded"
+        );
+        self.upload_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn upload_retry(&self, key: &str, attempt: u32, error: &dyn std::fmt::Display) {
+        warn!(key, attempt, error = %error, "upload failed, retrying");
+    }
+
+    pub fn offsets_commit_failed(&self, error: &dyn std::fmt::Display) {
+        warn!(error = %error, "kafka offset commit failed; records since the last commit may be read again");
+        self.offset_commit_failures.increment(1);
+    }
+
+    pub fn notifications_sent(&self, count: usize) {
+        self.notified.increment(count as u64);
+    }
+
+    pub fn notification_failed(&self, keys: usize, attempt: u32, error: &dyn std::fmt::Display) {
+        warn!(files = keys, attempt, error = %error, "notification failed, retrying");
+        self.notify_failures.increment(keys as u64);
+    }
+
+    pub fn checkpoint_done(&self, files: usize, rows: u64, bytes: u64, took: Duration) {
+        if files > 0 {
+            info!(
+                files,
+                rows,
+                bytes,
+                took_ms = took.as_millis() as u64,
+                "checkpoint committed"
+            );
+        }
+        self.files.increment(files as u64);
+        self.committed.increment(rows);
+        self.bytes.increment(bytes);
+        self.checkpoint_seconds.record(took.as_secs_f64());
+    }
+}
