@@ -1,9 +1,17 @@
 //! The reference event (`sluice.examples.OrderPlaced`), generated
 //! deterministically from a sequence number: the demo produces it, the
 //! integration tests check what lands against it, the benchmarks decode it.
+//! Also the small Kafka helpers (create a topic, produce events) the demo
+//! and the tests share. Not used by the daemon.
 
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// The values of one generated event, as a reader should find them.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,4 +157,80 @@ fn splitmix(seq: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Where one produced event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub seq: u64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for result in admin.create_topics([&new], &AdminOptions::new()).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+/// Produces events `seqs` (as CloudEvents, round-robin over `partitions`)
+/// and returns where each landed, in sequence order.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    sample: &OrderSample,
+    seqs: std::ops::Range<u64>,
+) -> Result<Vec<Produced>, KafkaError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let mut out = Vec::with_capacity(seqs.end.saturating_sub(seqs.start) as usize);
+    let chunks: Vec<u64> = seqs.clone().step_by(20_000).collect();
+    for start in chunks {
+        let end = (start + 20_000).min(seqs.end);
+        let mut pending = Vec::with_capacity((end - start) as usize);
+        for seq in start..end {
+            let payload = sample.encode(seq);
+            let key = format!("order-{seq:08}");
+            let mut headers = OwnedHeaders::new();
+            for (name, value) in sample.headers(seq) {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let record = FutureRecord::to(topic)
+                .partition((seq % partitions as u64) as i32)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+            pending.push((seq, delivery));
+        }
+        for (seq, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(d)) => out.push(Produced {
+                    seq,
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+    }
+    Ok(out)
 }

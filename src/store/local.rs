@@ -65,7 +65,7 @@ fn put_file(path: &Path, body: &[u8], mode: PutMode) -> std::io::Result<()> {
     placed
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -74,7 +74,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
     for entry in entries {
         let path = entry?.path();
         if path.is_dir() {
-            walk(root, &path, out)?;
+            walk(&path, out)?;
         } else if !path
             .extension()
             .is_some_and(|e| e.to_string_lossy().starts_with("tmp-"))
@@ -109,7 +109,7 @@ impl ObjectStore for LocalStore {
         let root = self.root.clone();
         let files = tokio::task::spawn_blocking(move || {
             let mut files = Vec::new();
-            walk(&root, &root, &mut files).map(|_| files)
+            walk(&root, &mut files).map(|_| files)
         })
         .await
         .map_err(|e| other("list", prefix, e.to_string(), false))?

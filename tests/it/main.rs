@@ -1,0 +1,11 @@
+//! Integration tests against the real local stack that `scripts/dev-up`
+//! starts: Apache Kafka (KRaft) and moto (S3 + SQS). What sluice writes is
+//! read back with pyarrow. Every test makes its own topic, group, bucket and
+//! queue, so they run in parallel and against a stack that is not fresh.
+
+#![allow(unreachable_pub)]
+
+mod configs;
+mod pipeline;
+mod stores;
+mod support;

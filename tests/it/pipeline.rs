@@ -1,0 +1,323 @@
+//! The whole path against the real stack: produce to Kafka, run the sluice
+//! binary, read the Parquet files back from moto's S3 with pyarrow and the
+//! announcements from moto's SQS.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use sluice::sample::{self, OrderSample, Produced};
+use sluice::schema::LocalRegistry;
+
+use crate::support::{self, Sink, SinkSpec};
+
+fn reference_sample() -> OrderSample {
+    let registry = LocalRegistry::open(&support::schemas_dir()).unwrap();
+    OrderSample::new(&registry.message("sluice.examples.OrderPlaced").unwrap()).unwrap()
+}
+
+/// Next offset per partition after what was produced.
+fn ends(produced: &[Produced], partitions: i32) -> Vec<i64> {
+    let mut ends = vec![0i64; partitions as usize];
+    for p in produced {
+        ends[p.partition as usize] = ends[p.partition as usize].max(p.offset + 1);
+    }
+    ends
+}
+
+/// Checks that every produced event is a row with its values; returns how
+/// many rows each (partition, offset) has.
+fn check_rows(
+    read: &Value,
+    produced: &[Produced],
+    sample: &OrderSample,
+) -> HashMap<(i64, i64), usize> {
+    let mut rows: HashMap<(i64, i64), &Value> = HashMap::new();
+    let mut counts = HashMap::new();
+    for row in read["rows"].as_array().unwrap() {
+        let key = (row[0].as_i64().unwrap(), row[1].as_i64().unwrap());
+        rows.insert(key, row);
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    for p in produced {
+        let row = rows
+            .get(&(p.partition as i64, p.offset))
+            .unwrap_or_else(|| panic!("no row for partition {} offset {}", p.partition, p.offset));
+        let f = sample.fields(p.seq);
+        assert_eq!(row[2], f.order_id.as_str(), "order_id at {p:?}");
+        assert_eq!(row[3], f.customer_id, "customer_id at {p:?}");
+        assert_eq!(row[4], f.total_cents, "total_cents at {p:?}");
+        assert_eq!(row[5], f.payment_method, "payment_method at {p:?}");
+        assert_eq!(
+            row[6].as_str(),
+            f.promo_code.as_deref(),
+            "promo_code at {p:?}"
+        );
+        assert_eq!(row[7], f.placed_at_micros, "placed_at at {p:?}");
+        assert_eq!(row[8].as_f64(), Some(f.latitude), "latitude at {p:?}");
+        assert_eq!(row[9], f.is_first_order, "is_first_order at {p:?}");
+        assert_eq!(row[10], f.order_id.as_str(), "_event_id at {p:?}");
+        assert_eq!(row[11], f.placed_at_micros, "_event_time at {p:?}");
+    }
+    counts
+}
+
+fn decode_key(key: &str) -> String {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8()
+        .unwrap()
+        .into_owned()
+}
+
+/// One message per file, whose key, size and row count match the file.
+fn check_messages(read: &Value, bucket: &str, topic: &str) {
+    let files: HashMap<String, &Value> = read["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["key"].as_str().unwrap().to_owned(), f))
+        .collect();
+    let messages = read["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), files.len(), "one message per file");
+    let mut announced = std::collections::HashSet::new();
+    for m in messages {
+        let record = &m["Records"][0];
+        assert_eq!(record["eventName"], "ObjectCreated:Put");
+        assert_eq!(record["s3"]["bucket"]["name"], bucket);
+        let key = decode_key(record["s3"]["object"]["key"].as_str().unwrap());
+        let file = files
+            .get(&key)
+            .unwrap_or_else(|| panic!("message for unknown file {key}"));
+        assert_eq!(
+            record["s3"]["object"]["size"], file["size"],
+            "size of {key}"
+        );
+        assert_eq!(m["sluice"]["rows"], file["rows"], "rows of {key}");
+        assert_eq!(m["sluice"]["topic"], topic);
+        assert_eq!(
+            m["sluice"]["partition"].as_i64().unwrap().to_string(),
+            file["metadata"]["sluice.partition"].as_str().unwrap()
+        );
+        assert!(announced.insert(key.clone()), "{key} announced twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_events_land_with_their_values_and_one_message_per_file() {
+    const PARTITIONS: i32 = 4;
+    let topic = support::unique("orders");
+    let bucket = support::unique("sluice-it");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let produced = sample::produce(&support::brokers(), &topic, PARTITIONS, &sample, 0..100_000)
+        .await
+        .unwrap();
+    assert_eq!(produced.len(), 100_000);
+
+    let storage = format!("s3://{bucket}/raw");
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: Some(&queue),
+        interval: "3s",
+    });
+    sink.start();
+    sink.wait_committed(&ends(&produced, PARTITIONS), Duration::from_secs(240));
+    let metrics = sink.metrics();
+    let status = sink.stop();
+    assert!(status.success(), "exit {status:?}; log:\n{}", sink.logs());
+
+    let read = support::read_back(&storage, Some(&queue));
+    let counts = check_rows(&read, &produced, &sample);
+    assert_eq!(
+        read["rows"].as_array().unwrap().len(),
+        100_000,
+        "no duplicates in a clean run"
+    );
+    assert!(counts.values().all(|&c| c == 1));
+    check_messages(&read, &bucket, &topic);
+    for file in read["files"].as_array().unwrap() {
+        let key = file["key"].as_str().unwrap();
+        assert!(
+            key.starts_with("raw/order_placed/dt=2025-12-31/hr="),
+            "{key}"
+        );
+        assert_eq!(file["metadata"]["sluice.event"], "order_placed");
+    }
+    let committed = metrics
+        .iter()
+        .find(|(k, _)| k.starts_with("sluice_records_committed_total"))
+        .map(|(_, v)| *v);
+    assert_eq!(committed, Some(100_000.0), "metrics: {metrics:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_and_restart_lose_nothing() {
+    const PARTITIONS: i32 = 3;
+    let topic = support::unique("orders");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "1s",
+    });
+    sink.start();
+    // Produce while sluice runs; stop it once its first checkpoint committed.
+    let first = sample::produce(&support::brokers(), &topic, PARTITIONS, &sample, 0..20_000)
+        .await
+        .unwrap();
+    let (group, t) = (sink.group.clone(), topic.clone());
+    support::wait_until("a first offset commit", Duration::from_secs(120), || {
+        support::committed(&group, &t, PARTITIONS)
+            .iter()
+            .any(|&o| o > 0)
+    });
+    let producer = {
+        let sample = sample.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            sample::produce(
+                &support::brokers(),
+                &topic,
+                PARTITIONS,
+                &sample,
+                20_000..40_000,
+            )
+            .await
+        })
+    };
+    let status = sink.stop();
+    assert!(status.success(), "exit {status:?}; log:\n{}", sink.logs());
+    let second = producer.await.unwrap().unwrap();
+
+    sink.start();
+    let all: Vec<Produced> = first.into_iter().chain(second).collect();
+    sink.wait_committed(&ends(&all, PARTITIONS), Duration::from_secs(120));
+    assert!(sink.stop().success());
+
+    let read = support::read_back(&storage, None);
+    let counts = check_rows(&read, &all, &sample);
+    assert_eq!(counts.len(), 40_000, "every record present");
+}
+
+type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
+async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (key, value) in headers {
+        owned = owned.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
+        .partition(0)
+        .payload(payload)
+        .headers(owned);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_counted_and_the_rest_land() {
+    let topic = support::unique("orders");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .create()
+        .unwrap();
+    let mut good = Vec::new();
+    let truncated = sample.encode(1);
+    let bad: [(&[u8], Headers<'_>); 4] = [
+        (b"\xff\xff\xff\xff not protobuf", vec![]),
+        (
+            &truncated[..truncated.len() - 5],
+            vec![("content-type", b"application/protobuf")],
+        ),
+        (b"{}", vec![("content-type", b"application/json")]),
+        (b"", vec![("ce_time", b"yesterday")]),
+    ];
+    let mut offset = 0i64;
+    for (i, (payload, headers)) in bad.iter().enumerate() {
+        for seq in (i as u64 * 10)..(i as u64 * 10 + 10) {
+            let headers_owned = sample.headers(seq);
+            let h: Vec<(&str, &[u8])> = headers_owned
+                .iter()
+                .map(|(k, v)| (*k, v.as_bytes()))
+                .collect();
+            send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+            good.push(Produced {
+                seq,
+                partition: 0,
+                offset,
+            });
+            offset += 1;
+        }
+        send_raw(&producer, &topic, payload, headers).await;
+        offset += 1;
+    }
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "1s",
+    });
+    sink.start();
+    sink.wait_committed(&[offset], Duration::from_secs(120));
+    assert!(sink.is_running(), "bad records must not stop the daemon");
+    support::wait_until(
+        "metrics to show every record",
+        Duration::from_secs(10),
+        || {
+            let m = sink.metrics();
+            m.iter()
+                .any(|(k, v)| k.starts_with("sluice_records_consumed_total") && *v == offset as f64)
+        },
+    );
+    let metrics = sink.metrics();
+    let failed = |reason: &str| {
+        metrics
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("sluice_records_failed_total")
+                    && k.contains(&format!("reason=\"{reason}\""))
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    assert_eq!(failed("decode"), 2.0, "{metrics:?}");
+    assert_eq!(failed("envelope"), 2.0, "{metrics:?}");
+    assert!(sink.stop().success());
+    let logs = sink.logs();
+    assert!(logs.contains("record skipped"), "{logs}");
+    assert!(logs.contains("offset=10"), "log names the offset: {logs}");
+
+    let read = support::read_back(&storage, None);
+    let counts = check_rows(&read, &good, &sample);
+    assert_eq!(counts.len(), good.len());
+}

@@ -1,0 +1,99 @@
+"""Reads what sluice wrote, with pyarrow (a Parquet reader sluice did not
+write), and prints it as JSON for the integration tests and the demo.
+
+usage: read_back.py s3://bucket/prefix [--rows] [--queue URL]
+       read_back.py file:///dir [--rows]
+
+Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...]}.
+Rows are [partition, offset, order_id, customer_id, total_cents,
+payment_method, promo_code, placed_at_us, latitude, is_first_order,
+event_id, event_time_us] when the files hold the reference event.
+"""
+import argparse
+import io
+import json
+import os
+import sys
+
+import pyarrow.parquet as pq
+
+REFERENCE = ["_kafka_partition", "_kafka_offset", "order_id", "customer_id",
+             "total_cents", "payment_method", "promo_code", "placed_at",
+             "latitude", "is_first_order", "_event_id", "_event_time"]
+
+
+def objects(url):
+    if url.startswith("s3://"):
+        import boto3
+        bucket, _, prefix = url[5:].partition("/")
+        s3 = boto3.client("s3")
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                yield obj["Key"], body
+    elif url.startswith("file://"):
+        root = url[7:]
+        for dirpath, _, names in os.walk(root):
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    yield os.path.relpath(path, root), f.read()
+    else:
+        sys.exit(f"unsupported url {url}")
+
+
+def as_micros(value):
+    if value is None:
+        return None
+    return int(value.timestamp() * 1_000_000) if hasattr(value, "timestamp") else value
+
+
+def drain(queue_url):
+    import boto3
+    sqs = boto3.client("sqs")
+    messages = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                  WaitTimeSeconds=0).get("Messages", [])
+        if not got:
+            return messages
+        for m in got:
+            messages.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--rows", action="store_true")
+    parser.add_argument("--queue")
+    args = parser.parse_args()
+    out = {"files": [], "rows": [], "messages": []}
+    for key, body in objects(args.url):
+        if not key.endswith(".parquet"):
+            continue
+        table = pq.read_table(io.BytesIO(body))
+        meta = pq.ParquetFile(io.BytesIO(body)).metadata.metadata or {}
+        out["files"].append({
+            "key": key,
+            "size": len(body),
+            "rows": table.num_rows,
+            "metadata": {k.decode(): v.decode() for k, v in meta.items()
+                         if k.decode().startswith("sluice.")},
+            "columns": table.column_names,
+        })
+        if args.rows and all(c in table.column_names for c in REFERENCE):
+            cols = [table.column(c).to_pylist() for c in REFERENCE]
+            for row in zip(*cols):
+                row = list(row)
+                row[7] = as_micros(row[7])
+                row[11] = as_micros(row[11])
+                out["rows"].append(row)
+    if args.queue:
+        out["messages"] = drain(args.queue)
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
