@@ -14,6 +14,10 @@ use sluice::schema::{Column, Decoder, LocalRegistry, MessagePlan};
 
 const EVENTS: usize = 100_000;
 
+/// As in the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Input {
     payloads: Vec<Vec<u8>>,
     headers: Vec<Vec<(&'static str, Vec<u8>)>>,
@@ -69,7 +73,11 @@ fn benches(c: &mut Criterion) {
 
     group.bench_function("envelope_decode_parquet_zstd", |b| {
         b.iter(|| {
-            let mut buffers = Buffers::new(plan.clone(), sluice::writer::properties(), Vec::new());
+            let mut buffers = Buffers::new(
+                plan.clone(),
+                sluice::writer::properties(&sluice::buffer::UNIQUE_COLUMNS),
+                Vec::new(),
+            );
             for (i, (payload, headers)) in input.payloads.iter().zip(&input.headers).enumerate() {
                 let envelope = Envelope::parse(
                     headers.iter().map(|(k, v)| (*k, Some(v.as_slice()))),

@@ -55,6 +55,14 @@ pub enum BufferError {
     Write(#[from] WriteError),
 }
 
+/// Envelope columns whose values are (nearly) unique per row.
+pub const UNIQUE_COLUMNS: [&str; 4] = [
+    "_event_id",
+    "_event_time",
+    "_kafka_offset",
+    "_kafka_timestamp",
+];
+
 /// The columns sluice adds to every row, after the payload's.
 fn envelope_fields() -> [Field; 6] {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()));

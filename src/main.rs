@@ -5,6 +5,12 @@ use clap::Parser;
 use sluice::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Buffers are allocated and released every batch and checkpoint; mimalloc
+/// keeps freed memory for reuse where the system allocator returns it to the
+/// kernel and takes page faults to get it back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("SLUICE_LOG")

@@ -76,10 +76,10 @@ impl OrderSample {
             total_cents: 500 + (r >> 8) as i64 % 20_000,
             item_count: 1 + (r >> 16) as i32 % 9,
             payment_method: PAYMENT_METHODS[((r >> 4) % 3) as usize],
-            is_first_order: r % 10 == 0,
+            is_first_order: r.is_multiple_of(10),
             latitude: -60.0 + ((r >> 12) % 120_000) as f64 / 1000.0,
             placed_at_micros: self.base_micros - spread_secs * 1_000_000 - (seq % 1000) as i64,
-            promo_code: (r % 4 == 0).then(|| format!("PROMO{}", r % 100)),
+            promo_code: r.is_multiple_of(4).then(|| format!("PROMO{}", r % 100)),
         }
     }
 
@@ -123,12 +123,21 @@ impl OrderSample {
             set("promo_code", Value::String(code.clone()));
         }
         set("delivery_fee_cents", Value::I32(299));
-        set(
-            "device_id",
-            Value::String(format!("device-{:016x}", splitmix(seq ^ 0xdead))),
+        let d = splitmix(seq ^ 0xdead);
+        let device = format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            d >> 32,
+            (d >> 16) & 0xffff,
+            d & 0xfff,
+            (d >> 4) & 0xfff,
+            splitmix(d) & 0xffff_ffff_ffff
         );
-        set("app_version", Value::String("24.11.3".into()));
+        set("device_id", Value::String(device));
+        let agent = "OrderApp/24.11.3 (iPhone15,2; iOS 18.1)";
+        set("app_version", Value::String(agent.into()));
         set("distance_km", Value::F32(3.25));
+        let address = format!("{} Hauptstraße, 10115 {}", 1 + f.store_id % 200, f.city);
+        set("delivery_address", Value::String(address));
         m.encode_to_vec()
     }
 

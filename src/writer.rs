@@ -12,6 +12,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::schema::types::ColumnPath;
 
 /// Rows per row group: large enough for good compression and pruning,
 /// small enough that one row group's pages stay a few MiB for this event size.
@@ -24,8 +25,15 @@ pub struct WriteError(#[from] ParquetError);
 
 /// Settings every file gets. zstd level 3: about snappy's speed with
 /// clearly smaller files, the best trade for files loaded many times.
-pub fn properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Dictionary encoding is on except for `unique_columns`, whose values
+/// (ids, offsets, times) rarely repeat: a dictionary there costs a hash per
+/// value and falls back to plain encoding anyway.
+pub fn properties(unique_columns: &[&str]) -> WriterProperties {
+    let mut builder = WriterProperties::builder();
+    for column in unique_columns {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+    }
+    builder
         .set_writer_version(WriterVersion::PARQUET_1_0)
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),

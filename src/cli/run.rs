@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::buffer::Buffers;
+use crate::buffer::{self, Buffers};
 use crate::commit::Committer;
 use crate::config::Config;
 use crate::pipeline::{self, Pipeline};
@@ -52,7 +52,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.topic", config.kafka.topic.clone()),
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
-    let buffers = Buffers::new(plan, writer::properties(), metadata);
+    let buffers = Buffers::new(plan, writer::properties(&buffer::UNIQUE_COLUMNS), metadata);
     let committer = Committer {
         store,
         prefix,

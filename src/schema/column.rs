@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, ListArray, NullBufferBuilder, StringBuilder, StructArray,
+    Int32Builder, Int64Builder, ListArray, NullBufferBuilder, StringArray, StructArray,
     TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
@@ -27,7 +27,9 @@ pub enum Column {
     U32(UInt32Builder),
     U64(UInt64Builder),
     Bool(BooleanBuilder),
-    Str(StringBuilder),
+    /// UTF-8 strings, collected as bytes: the decoder has validated each
+    /// value already, and [`Column::finish`] checks the whole batch once.
+    Str(BinaryBuilder),
     Bin(BinaryBuilder),
     Ts(TimestampMicrosecondBuilder),
     Struct(StructColumn),
@@ -61,7 +63,7 @@ impl Column {
             DataType::UInt32 => Column::U32(UInt32Builder::new()),
             DataType::UInt64 => Column::U64(UInt64Builder::new()),
             DataType::Boolean => Column::Bool(BooleanBuilder::new()),
-            DataType::Utf8 => Column::Str(StringBuilder::new()),
+            DataType::Utf8 => Column::Str(BinaryBuilder::new()),
             DataType::Binary => Column::Bin(BinaryBuilder::new()),
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
                 Column::Ts(TimestampMicrosecondBuilder::new().with_timezone(UTC))
@@ -116,7 +118,15 @@ impl Column {
             Column::U32(b) => Arc::new(b.finish()),
             Column::U64(b) => Arc::new(b.finish()),
             Column::Bool(b) => Arc::new(b.finish()),
-            Column::Str(b) => Arc::new(b.finish()),
+            Column::Str(b) => {
+                let binary = b.finish();
+                match StringArray::try_from_binary(binary.clone()) {
+                    Ok(strings) => Arc::new(strings),
+                    // Unreachable: every value was validated on the way in.
+                    // Keep the rows rather than lose them.
+                    Err(_) => Arc::new(binary),
+                }
+            }
             Column::Bin(b) => Arc::new(b.finish()),
             Column::Ts(b) => Arc::new(b.finish()),
             Column::Struct(s) => {

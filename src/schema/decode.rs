@@ -12,7 +12,7 @@
 //! value of a non-repeated field wins, repeated scalars may come packed or
 //! not, absent fields without presence read as their default.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use super::column::Column;
 use super::plan::{FieldKind, FieldPlan, MAX_DEPTH, MessagePlan, WireType};
@@ -386,14 +386,12 @@ fn append_scalar(kind: &FieldKind, buf: &[u8], value: Value, column: &mut Column
             None => {
                 // An enum number newer than the schema: keep the number.
                 let _ = write!(b, "{}", v as i32);
-                b.append_value("");
+                b.append_value([]);
             }
         },
+        // Validated as UTF-8 in pass one.
         (FieldKind::String, Value::Len(from, to), Column::Str(b)) => {
-            match std::str::from_utf8(&buf[from as usize..to as usize]) {
-                Ok(s) => b.append_value(s),
-                Err(_) => b.append_null(),
-            }
+            b.append_value(&buf[from as usize..to as usize])
         }
         (FieldKind::Bytes, Value::Len(from, to), Column::Bin(b)) => {
             b.append_value(&buf[from as usize..to as usize])
@@ -417,8 +415,8 @@ fn append_absent(field: &FieldPlan, column: &mut Column) {
         (_, Column::F32(b)) => b.append_value(0.0),
         (_, Column::F64(b)) => b.append_value(0.0),
         (_, Column::Bool(b)) => b.append_value(false),
-        (FieldKind::Enum(e), Column::Str(b)) => b.append_value(&e.default),
-        (_, Column::Str(b)) => b.append_value(""),
+        (FieldKind::Enum(e), Column::Str(b)) => b.append_value(e.default.as_bytes()),
+        (_, Column::Str(b)) => b.append_value([]),
         (_, Column::Bin(b)) => b.append_value([]),
         (_, column) => column.append_null(),
     }
@@ -426,6 +424,11 @@ fn append_absent(field: &FieldPlan, column: &mut Column) {
 
 #[inline]
 fn varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<u64, DecodeError> {
+    // Tags and small values are one byte.
+    if *pos < end && buf[*pos] < 0x80 {
+        *pos += 1;
+        return Ok(u64::from(buf[*pos - 1]));
+    }
     let mut value = 0u64;
     for shift in (0..70).step_by(7) {
         if *pos >= end {
