@@ -166,6 +166,19 @@ impl Buffers {
         Ok(())
     }
 
+    /// Drops everything buffered for `partition` (it was revoked).
+    pub fn drop_partition(&mut self, partition: i32) {
+        let mut dropped = 0;
+        self.files.retain(|(p, _), file| {
+            let keep = *p != partition;
+            if !keep {
+                dropped += file.held_bytes();
+            }
+            keep
+        });
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(dropped);
+    }
+
     /// Closes every open file and hands them over, leaving the buffers empty.
     pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
         let mut finished = Vec::with_capacity(self.files.len());

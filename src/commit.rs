@@ -1,17 +1,35 @@
-//! The checkpoint: finished files → store → (Kafka offsets) → notifications.
+//! The commit protocol: how a checkpoint's rows become committed, exactly
+//! once, and announced.
 //!
-//! Invariants this module keeps today:
-//! - A file is announced only after its upload succeeded.
-//! - Kafka offsets are committed (by the run loop, between [`Committer::upload`]
-//!   and [`Committer::announce`]) only after every file holding the records
-//!   before them is in the store, so a crash loses nothing: at worst records
-//!   after the last offset commit are read and written again (at least once).
-//! - Data keys are deterministic (topic, partition, first and last offset),
-//!   so a retried upload overwrites only its own earlier attempt.
+//! Order of a checkpoint, per partition:
+//! 1. upload the data files (keys hold topic, partition, first and last
+//!    offset, so a retry overwrites only its own attempt);
+//! 2. create the manifest for the range `(from, to]` with `If-None-Match: *`
+//!    at a key made of `from + 1` — **the commit point**;
+//! 3. send one notification per file of the manifest;
+//! 4. write the manifest's `.notified` marker;
+//! 5. commit `to + 1` to Kafka — advice for lag dashboards, never read back
+//!    while a manifest exists.
 //!
-//! Exactly-once (progress stored with the data, fencing) replaces the
-//! Kafka-offset step; see DESIGN.md.
+//! Invariants:
+//! - A record is committed iff a manifest's range holds it; ranges of a
+//!   partition chain without gaps or overlaps ([`crate::checkpoint`]), because
+//!   each starts where the one before ended and two manifests cannot share a
+//!   start key.
+//! - A file is visible to loaders only through a manifest: it is announced
+//!   after its manifest exists, never before. Files uploaded by an attempt
+//!   whose manifest was never written are orphans that no one announces.
+//! - A writer that loses the race for a start key (a zombie after a
+//!   rebalance, or a successor that was slower) is told so
+//!   ([`CommitOutcome::Fenced`]); it drops that partition's work and resumes
+//!   after the winner's range.
+//! - A manifest without a `.notified` marker is announced again when its
+//!   partition is next assigned: loaders may see a file twice (the key is in
+//!   every message to dedupe on), never a file that is not committed.
+//!
+//! DESIGN.md lists what a crash between each step leaves behind.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,12 +39,13 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::buffer::FinishedFile;
 use crate::layout;
+use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Manifests};
 use crate::notify::{FileNotification, Notifier};
 use crate::store::{ObjectStore, PutMode, StoreError};
 use crate::telemetry::Telemetry;
 
-/// Upload attempts per file before the checkpoint fails.
-const UPLOAD_ATTEMPTS: u32 = 8;
+/// Attempts per store call before the checkpoint fails.
+const STORE_ATTEMPTS: u32 = 8;
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -34,26 +53,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub enum CommitError {
     #[error("upload failed: {0}")]
     Upload(#[from] StoreError),
-    #[error("shutting down before {0} notification(s) were accepted: {1}")]
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "stopping before {0} notification(s) were accepted (they are re-sent on the next start): {1}"
+    )]
     NotifyAbandoned(usize, String),
 }
 
-/// A file that is in the store.
-#[derive(Debug, Clone)]
-pub struct UploadedFile {
-    pub key: String,
-    pub e_tag: String,
-    pub size: u64,
-    pub partition: i32,
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub rows: u64,
-}
-
-/// Uploads and announces the files of a checkpoint.
+/// Uploads, commits and announces the files of checkpoints.
 #[derive(Debug)]
 pub struct Committer {
     pub store: Arc<dyn ObjectStore>,
+    pub manifests: Manifests,
     pub prefix: String,
     pub event: String,
     pub topic: String,
@@ -64,17 +76,46 @@ pub struct Committer {
     pub stopping: Arc<AtomicBool>,
 }
 
+/// Retries `op` on retryable errors with exponential backoff.
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    telemetry: &Telemetry,
+    is_retryable: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = BACKOFF_START;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if is_retryable(&e) && attempt < STORE_ATTEMPTS => {
+                telemetry.store_retry(what, attempt, &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Committer {
-    /// Uploads every file, at most `concurrency` at a time; retryable
-    /// errors are retried with backoff.
-    pub async fn upload(&self, files: Vec<FinishedFile>) -> Result<Vec<UploadedFile>, CommitError> {
+    /// Step 1: uploads every file, at most `concurrency` at a time.
+    pub async fn upload(
+        &self,
+        files: Vec<FinishedFile>,
+    ) -> Result<Vec<(i32, ManifestFile)>, CommitError> {
         stream::iter(files.into_iter().map(|file| self.upload_one(file)))
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await
     }
 
-    async fn upload_one(&self, file: FinishedFile) -> Result<UploadedFile, CommitError> {
+    async fn upload_one(&self, file: FinishedFile) -> Result<(i32, ManifestFile), CommitError> {
         let key = layout::data_key(
             &self.prefix,
             &self.event,
@@ -87,52 +128,45 @@ impl Committer {
         let size = file.bytes.len() as u64;
         let body = Bytes::from(file.bytes);
         let started = Instant::now();
-        let mut backoff = BACKOFF_START;
-        let mut attempt = 1;
-        let e_tag = loop {
-            match self.store.put(&key, body.clone(), PutMode::Overwrite).await {
-                Ok(tag) => break tag,
-                Err(e) if e.is_retryable() && attempt < UPLOAD_ATTEMPTS => {
-                    self.telemetry.upload_retry(&key, attempt, &e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let e_tag = retry(&key, &self.telemetry, StoreError::is_retryable, || {
+            self.store.put(&key, body.clone(), PutMode::Overwrite)
+        })
+        .await?;
         self.telemetry
             .file_uploaded(&key, file.rows, size, started.elapsed());
-        Ok(UploadedFile {
-            key,
-            e_tag,
-            size,
-            partition: file.partition,
-            first_offset: file.first_offset,
-            last_offset: file.last_offset,
-            rows: file.rows,
-        })
+        Ok((
+            file.partition,
+            ManifestFile {
+                key,
+                rows: file.rows,
+                size,
+                e_tag,
+                first_offset: file.first_offset,
+                last_offset: file.last_offset,
+                min_event_time_micros: file.min_time_micros,
+                max_event_time_micros: file.max_time_micros,
+            },
+        ))
     }
 
-    /// Sends one notification per file. Failures are retried with backoff
-    /// until they succeed or the process is stopping.
-    pub async fn announce(&self, files: &[UploadedFile]) -> Result<(), CommitError> {
-        let event_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut pending: Vec<FileNotification> = files
+    /// Step 2: the commit point for one partition.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<CommitOutcome, CommitError> {
+        let outcome = retry(
+            "manifest",
+            &self.telemetry,
+            ManifestError::is_retryable,
+            || self.manifests.commit(manifest),
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Steps 3 and 4: one notification per file, then the markers. Failed
+    /// sends are retried with backoff until accepted or the process stops.
+    pub async fn announce(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
+        let mut pending: Vec<FileNotification> = manifests
             .iter()
-            .map(|f| FileNotification {
-                bucket: self.store.bucket().to_owned(),
-                key: f.key.clone(),
-                size: f.size,
-                e_tag: f.e_tag.clone(),
-                event_time: event_time.clone(),
-                event: self.event.clone(),
-                topic: self.topic.clone(),
-                partition: f.partition,
-                first_offset: f.first_offset,
-                last_offset: f.last_offset,
-                rows: f.rows,
-            })
+            .flat_map(|m| m.files.iter().map(move |f| self.notification(m, f)))
             .collect();
         let mut backoff = BACKOFF_START;
         let mut attempt = 1;
@@ -144,7 +178,7 @@ impl Committer {
                 }
                 Err(e) => {
                     self.telemetry
-                        .notifications_sent(pending.len() - e.failed.len());
+                        .notifications_sent(pending.len().saturating_sub(e.failed.len()));
                     pending.retain(|n| e.failed.contains(&n.key));
                     self.telemetry
                         .notification_failed(pending.len(), attempt, &e);
@@ -157,6 +191,32 @@ impl Committer {
                 }
             }
         }
+        crate::failpoint::hit(crate::failpoint::AFTER_NOTIFY);
+        for manifest in manifests {
+            retry(
+                "marker",
+                &self.telemetry,
+                ManifestError::is_retryable,
+                || self.manifests.mark_notified(manifest),
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    fn notification(&self, manifest: &Manifest, file: &ManifestFile) -> FileNotification {
+        FileNotification {
+            bucket: self.store.bucket().to_owned(),
+            key: file.key.clone(),
+            size: file.size,
+            e_tag: file.e_tag.clone(),
+            event_time: manifest.committed_at.clone(),
+            event: self.event.clone(),
+            topic: self.topic.clone(),
+            partition: manifest.partition,
+            first_offset: file.first_offset,
+            last_offset: file.last_offset,
+            rows: file.rows,
+        }
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! <prefix>/<event>/dt=YYYY-MM-DD/hr=HH/<topic>-<partition>-<first offset>-<last offset>.parquet
+//! <prefix>/_sluice/manifests/<event>/<topic>/p=<partition>/<first offset of range>.json
+//! <prefix>/_sluice/manifests/<event>/<topic>/p=<partition>/<first offset of range>.notified
 //! ```
-//! Offsets are zero-padded to 20 digits so keys sort in offset order.
+//! Offsets are zero-padded to 20 digits and partitions to 5 so keys sort in
+//! offset order.
 
 use std::fmt::Write as _;
 
@@ -49,6 +52,36 @@ pub fn data_key(
     key
 }
 
+/// Where all manifests of a sink live.
+pub fn manifests_root(prefix: &str, event: &str, topic: &str) -> String {
+    let mut key = String::new();
+    if !prefix.is_empty() {
+        key.push_str(prefix);
+        key.push('/');
+    }
+    let _ = write!(key, "_sluice/manifests/{event}/{}/", sanitize(topic));
+    key
+}
+
+/// Where one partition's manifests live.
+pub fn manifest_dir(prefix: &str, event: &str, topic: &str, partition: i32) -> String {
+    format!("{}p={partition:05}/", manifests_root(prefix, event, topic))
+}
+
+/// The manifest whose range starts at offset `start`.
+pub fn manifest_key(prefix: &str, event: &str, topic: &str, partition: i32, start: i64) -> String {
+    format!(
+        "{}{start:020}.json",
+        manifest_dir(prefix, event, topic, partition)
+    )
+}
+
+/// The marker written once a manifest's files are announced.
+pub fn notified_key(manifest_key: &str) -> String {
+    let stem = manifest_key.strip_suffix(".json").unwrap_or(manifest_key);
+    format!("{stem}.notified")
+}
+
 /// Keeps characters that are safe in S3 keys and URLs; replaces the rest.
 fn sanitize(text: &str) -> String {
     text.chars()
@@ -76,6 +109,21 @@ mod tests {
         assert_eq!(
             data_key("", "e", 0, "t/x", 0, 0, 0),
             "e/dt=1970-01-01/hr=00/t_x-0-00000000000000000000-00000000000000000000.parquet"
+        );
+    }
+
+    #[test]
+    fn manifest_keys_sort_by_partition_and_offset() {
+        let key = manifest_key("raw", "ev", "orders", 3, 120);
+        assert_eq!(
+            key,
+            "raw/_sluice/manifests/ev/orders/p=00003/00000000000000000120.json"
+        );
+        assert!(key.starts_with(&manifest_dir("raw", "ev", "orders", 3)));
+        assert!(manifest_key("raw", "ev", "orders", 3, 99) < key);
+        assert_eq!(
+            notified_key(&key),
+            "raw/_sluice/manifests/ev/orders/p=00003/00000000000000000120.notified"
         );
     }
 

@@ -8,11 +8,14 @@
 //! [`pipeline`] is the loop that drives them; [`cli`] the commands.
 
 pub mod buffer;
+pub mod checkpoint;
 pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod envelope;
+pub mod failpoint;
 pub mod layout;
+pub mod manifest;
 pub mod notify;
 pub mod pipeline;
 pub mod sample;

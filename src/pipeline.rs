@@ -1,23 +1,29 @@
 //! The run loop: consume → decode → buffer → (checkpoint: write → upload →
-//! advise Kafka → notify). DESIGN.md has it as pseudo-code.
+//! manifest → notify → advise Kafka). DESIGN.md has it as pseudo-code; the
+//! protocol's invariants are in [`crate::commit`].
 //!
 //! The loop runs on one dedicated thread: polling and decoding are CPU work
 //! and stay off the async reactor. Uploads and notifications run on the
 //! Tokio runtime and the loop waits for them at each checkpoint.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::buffer::{BufferError, Buffers, Record};
+use crate::checkpoint::{Checkpoint, Range};
 use crate::commit::{CommitError, Committer};
 use crate::envelope::Envelope;
-use crate::source::{self, KafkaConsumer};
+use crate::failpoint;
+use crate::manifest::{CommitOutcome, FORMAT_VERSION, Manifest, ManifestFile};
+use crate::source::{self, Assignment, KafkaConsumer};
 use crate::telemetry::{FailReason, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +32,8 @@ pub enum RunError {
     Commit(#[from] CommitError),
     #[error("cannot write Parquet: {0}")]
     Write(#[from] crate::writer::WriteError),
+    #[error("cannot read the progress of partition {partition} from the store: {error}")]
+    Recovery { partition: i32, error: String },
 }
 
 /// How often the loop publishes gauges and counts.
@@ -36,20 +44,31 @@ pub struct Pipeline {
     state: State,
 }
 
+/// What the loop knows of one assigned partition since its last commit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    first_read: Option<i64>,
+    last_read: Option<i64>,
+    skipped: u64,
+}
+
 /// Everything the loop owns besides the consumer, whose messages borrow it.
 #[derive(Debug)]
 struct State {
     topic: String,
+    writer_id: String,
     buffers: Buffers,
     committer: Committer,
     runtime: Handle,
     telemetry: Telemetry,
     checkpoint_interval: Duration,
     max_buffer_bytes: usize,
-    /// Per partition, the offset after the last record read (-1: none).
-    positions: Vec<i64>,
-    /// Per partition, the offset last committed to Kafka.
-    committed: Vec<i64>,
+    /// Committed progress of the partitions this process owns.
+    checkpoint: Checkpoint,
+    /// Owned partitions and what was read from them since their last commit.
+    owned: BTreeMap<i32, Progress>,
+    /// Committed manifests whose files are not announced yet.
+    outbox: Vec<Manifest>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -72,18 +91,26 @@ impl Pipeline {
         checkpoint_interval: Duration,
         max_buffer_bytes: usize,
     ) -> Pipeline {
+        let writer_id = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into()),
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
         Pipeline {
             consumer,
             state: State {
                 topic,
+                writer_id,
                 buffers,
                 committer,
                 runtime,
                 telemetry,
                 checkpoint_interval,
                 max_buffer_bytes,
-                positions: Vec::new(),
-                committed: Vec::new(),
+                checkpoint: Checkpoint::new(),
+                owned: BTreeMap::new(),
+                outbox: Vec::new(),
             },
         }
     }
@@ -98,7 +125,9 @@ impl Pipeline {
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut consumed = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            match consumer.poll(source::POLL_TIMEOUT) {
+            let polled = consumer.poll(source::POLL_TIMEOUT);
+            state.apply_assignments(&consumer)?;
+            match polled {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "kafka poll error"),
                 Some(Ok(message)) => {
@@ -126,8 +155,51 @@ impl Pipeline {
 }
 
 impl State {
+    /// Acts on partitions assigned or revoked during the last poll.
+    fn apply_assignments(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+        for event in consumer.context().take_events() {
+            match event {
+                Assignment::Assigned { partition, latest } => {
+                    self.owned.insert(partition, Progress::default());
+                    self.checkpoint
+                        .reset(partition, latest.as_ref().map(|l| l.manifest.range.to));
+                    if let Some(latest) = latest
+                        && !latest.notified
+                    {
+                        info!(partition, "re-announcing the files of the last commit");
+                        self.outbox.push(latest.manifest);
+                    }
+                }
+                Assignment::Revoked { partition } => {
+                    self.owned.remove(&partition);
+                    self.checkpoint.forget(partition);
+                    self.buffers.drop_partition(partition);
+                    self.outbox.retain(|m| m.partition != partition);
+                }
+                Assignment::Failed { partition, error } => {
+                    return Err(RunError::Recovery { partition, error });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let (partition, offset) = (message.partition(), message.offset());
+        let Some(progress) = self.owned.get_mut(&partition) else {
+            // Fetched before a revocation: the new owner reads it again.
+            return Ok(());
+        };
+        if self
+            .checkpoint
+            .position(partition)
+            .is_some_and(|to| offset <= to)
+        {
+            // Already committed (by us or by a writer that fenced us).
+            return Ok(());
+        }
+        progress.first_read.get_or_insert(offset);
+        progress.last_read = Some(offset);
         let kafka_timestamp_ms = message.timestamp().to_millis();
         let headers = message
             .headers()
@@ -152,56 +224,108 @@ impl State {
             }
         };
         if let Err((reason, error)) = outcome {
+            progress.skipped += 1;
             self.telemetry
                 .record_failed(partition, offset, reason, &error);
         }
-        self.advance(partition, offset + 1);
         Ok(())
     }
 
-    fn advance(&mut self, partition: i32, next: i64) {
-        let Ok(index) = usize::try_from(partition) else {
-            return;
-        };
-        if index >= self.positions.len() {
-            self.positions.resize(index + 1, -1);
-            self.committed.resize(index + 1, -1);
-        }
-        self.positions[index] = next;
+    /// The range each owned partition would commit now.
+    fn ranges(&self) -> Vec<(i32, Range)> {
+        self.owned
+            .iter()
+            .filter_map(|(&partition, p)| {
+                let to = p.last_read?;
+                let from = self
+                    .checkpoint
+                    .position(partition)
+                    .unwrap_or(p.first_read? - 1);
+                (to > from).then_some((partition, Range { from, to }))
+            })
+            .collect()
     }
 
-    /// Writes, uploads and announces everything buffered, and commits the
-    /// offsets it covers to Kafka.
+    /// Writes, uploads, commits and announces everything buffered.
     fn checkpoint(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
         let started = Instant::now();
         let files = self.buffers.finish_all()?;
-        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let ranges = self.ranges();
+        if ranges.is_empty() && self.outbox.is_empty() {
+            return Ok(());
+        }
         let uploaded = self.runtime.block_on(self.committer.upload(files))?;
-        let bytes = uploaded.iter().map(|f| f.size).sum();
-        self.commit_offsets(consumer);
-        self.runtime.block_on(self.committer.announce(&uploaded))?;
+        failpoint::hit(failpoint::AFTER_UPLOAD);
+        let committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (mut rows, mut bytes, mut count) = (0, 0, 0);
+        for (partition, range) in ranges {
+            let files: Vec<ManifestFile> = uploaded
+                .iter()
+                .filter(|(p, _)| *p == partition)
+                .map(|(_, f)| f.clone())
+                .collect();
+            let manifest = Manifest {
+                version: FORMAT_VERSION,
+                event: self.committer.event.clone(),
+                topic: self.topic.clone(),
+                partition,
+                range,
+                skipped: self.owned.get(&partition).map_or(0, |p| p.skipped),
+                files,
+                committed_at: committed_at.clone(),
+                writer: self.writer_id.clone(),
+            };
+            match self.runtime.block_on(self.committer.commit(&manifest))? {
+                CommitOutcome::Committed => {
+                    failpoint::hit(failpoint::AFTER_MANIFEST);
+                    if let Err(e) = self.checkpoint.try_apply(&[(partition, range)]) {
+                        // The manifest is committed; the in-memory view was stale.
+                        error!(partition, error = %e, "progress out of step with the store");
+                        self.checkpoint.reset(partition, Some(range.to));
+                    }
+                    rows += manifest.files.iter().map(|f| f.rows).sum::<u64>();
+                    bytes += manifest.files.iter().map(|f| f.size).sum::<u64>();
+                    count += manifest.files.len();
+                    self.outbox.push(manifest);
+                }
+                CommitOutcome::Fenced {
+                    other_writer,
+                    other_to,
+                } => {
+                    self.telemetry.fenced(partition, &other_writer, other_to);
+                    self.checkpoint.reset(partition, Some(other_to));
+                    let next = Offset::Offset(other_to + 1);
+                    if let Err(e) =
+                        consumer.seek(&self.topic, partition, next, Duration::from_secs(10))
+                    {
+                        warn!(partition, error = %e, "seek after losing a commit failed");
+                    }
+                }
+            }
+            if let Some(p) = self.owned.get_mut(&partition) {
+                *p = Progress::default();
+            }
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        self.runtime.block_on(self.committer.announce(&outbox))?;
+        failpoint::hit(failpoint::AFTER_MARKERS);
+        self.advise_kafka(consumer);
+        failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
         self.telemetry
-            .checkpoint_done(uploaded.len(), rows, bytes, started.elapsed());
+            .checkpoint_done(count, rows, bytes, started.elapsed());
         self.telemetry.buffered(self.buffers.buffered_bytes());
         Ok(())
     }
 
-    fn commit_offsets(&mut self, consumer: &KafkaConsumer) {
-        let changed: Vec<(i32, i64)> = self
-            .positions
-            .iter()
-            .zip(&self.committed)
-            .enumerate()
-            .filter(|(_, (next, done))| **next >= 0 && next != done)
-            .map(|(p, (next, _))| (p as i32, *next))
-            .collect();
-        match source::commit_offsets(consumer, &self.topic, changed.iter().copied()) {
-            Ok(()) => {
-                for (p, next) in changed {
-                    self.committed[p as usize] = next;
-                }
-            }
-            Err(e) => self.telemetry.offsets_commit_failed(&e),
+    /// Commits the next offset of every owned partition to the group: for
+    /// lag dashboards and the first start of a partition without manifests.
+    fn advise_kafka(&self, consumer: &KafkaConsumer) {
+        let next = self
+            .owned
+            .keys()
+            .filter_map(|&p| self.checkpoint.position(p).map(|to| (p, to + 1)));
+        if let Err(e) = source::commit_offsets(consumer, &self.topic, next) {
+            self.telemetry.offsets_commit_failed(&e);
         }
     }
 }

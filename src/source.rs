@@ -1,19 +1,26 @@
 //! The Kafka side: a consumer in the sink's group, subscribed to its topic.
 //!
-//! Pass-through librdkafka properties are applied first; the settings the
-//! commit protocol depends on are forced on top. Offsets are committed by
-//! the run loop only after the files holding them are in the store.
+//! Defaults first (cooperative-sticky assignment), then pass-through
+//! librdkafka properties, then the settings the commit protocol depends on.
+//! On assignment, each partition starts right after its last manifest in
+//! the store; Kafka group offsets are only advice (lag dashboards, the very
+//! first start).
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::info;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
+use crate::manifest::{Latest, ManifestError, Manifests};
 
 /// Settings sluice needs whatever the pass-through properties say.
 const FORCED: [(&str, &str); 2] = [
@@ -29,21 +36,152 @@ pub enum SourceError {
     Subscribe { topic: String, source: KafkaError },
 }
 
-/// Logs partition assignment changes.
-#[derive(Debug, Default)]
-pub struct SourceContext;
+/// A change of ownership the run loop must act on, queued by the
+/// rebalance callback (which runs inside `poll`).
+#[derive(Debug)]
+pub enum Assignment {
+    /// The partition is ours; `latest` is its last manifest, and the
+    /// consumer is already positioned right after it.
+    Assigned {
+        partition: i32,
+        latest: Option<Latest>,
+    },
+    /// The partition is no longer ours: drop what is buffered for it.
+    Revoked { partition: i32 },
+    /// Progress could not be read from the store; the loop stops.
+    Failed { partition: i32, error: String },
+}
+
+/// Reads progress from the store when partitions are assigned, so that
+/// consumption starts right after the last manifest, not at the group's
+/// (advisory) Kafka offset.
+pub struct SourceContext {
+    topic: String,
+    manifests: Manifests,
+    runtime: Handle,
+    events: Arc<Mutex<Vec<Assignment>>>,
+}
+
+impl std::fmt::Debug for SourceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceContext")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceContext {
+    pub fn new(topic: &str, manifests: Manifests, runtime: Handle) -> SourceContext {
+        SourceContext {
+            topic: topic.to_owned(),
+            manifests,
+            runtime,
+            events: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Takes the queued ownership changes.
+    pub fn take_events(&self) -> Vec<Assignment> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn recover(&self, partition: i32) -> Result<Option<Latest>, ManifestError> {
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.runtime.block_on(self.manifests.latest(partition)) {
+                Err(e) if e.is_retryable() && attempt < RECOVERY_ATTEMPTS => {
+                    warn!(partition, attempt, error = %e, "reading progress failed, retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let mut events = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            match self.recover(partition) {
+                Ok(latest) => {
+                    if let Some(latest) = &latest {
+                        let next = Offset::Offset(latest.manifest.range.to + 1);
+                        let _ = tpl.set_partition_offset(&self.topic, partition, next);
+                    }
+                    info!(
+                        partition,
+                        from = latest.as_ref().map(|l| l.manifest.range.to + 1),
+                        "partition assigned"
+                    );
+                    events.push(Assignment::Assigned { partition, latest });
+                }
+                Err(e) => events.push(Assignment::Failed {
+                    partition,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(events);
+        let assigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = assigned {
+            warn!(error = %e, "partition assignment failed");
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: Vec<Assignment> = tpl
+            .elements()
+            .iter()
+            .map(|e| Assignment::Revoked {
+                partition: e.partition(),
+            })
+            .collect();
+        info!(partitions = %partitions(tpl), "partitions revoked");
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(revoked);
+        let unassigned = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = unassigned {
+            warn!(error = %e, "partition unassignment failed");
+        }
+    }
+}
 
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => info!(partitions = %partitions(tpl), "partitions assigned"),
-            Rebalance::Revoke(tpl) => info!(partitions = %partitions(tpl), "partitions revoked"),
-            Rebalance::Error(e) => info!(error = %e, "rebalance error"),
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                warn!(error = ?other, "rebalance error; giving up the assignment");
+                self.revoke(consumer, tpl);
+            }
         }
     }
 }
+
+/// Attempts at reading a partition's progress before giving up on it.
+const RECOVERY_ATTEMPTS: u32 = 12;
 
 fn partitions(tpl: &TopicPartitionList) -> String {
     tpl.elements()
@@ -58,6 +196,7 @@ pub type KafkaConsumer = BaseConsumer<SourceContext>;
 /// The librdkafka configuration of the sink's consumer.
 pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
+    config.set("partition.assignment.strategy", "cooperative-sticky");
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -73,9 +212,13 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
 }
 
 /// Creates the consumer and subscribes it to the topic.
-pub fn connect(kafka: &KafkaConfig, client_id: &str) -> Result<KafkaConsumer, SourceError> {
+pub fn connect(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    context: SourceContext,
+) -> Result<KafkaConsumer, SourceError> {
     let consumer: KafkaConsumer = client_config(kafka, client_id)
-        .create_with_context(SourceContext)
+        .create_with_context(context)
         .map_err(SourceError::Create)?;
     consumer
         .subscribe(&[&kafka.topic])

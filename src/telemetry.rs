@@ -54,6 +54,7 @@ pub struct Telemetry {
     notified: Counter,
     notify_failures: Counter,
     offset_commit_failures: Counter,
+    fenced: Counter,
     buffered: Gauge,
     checkpoint_seconds: Histogram,
     upload_seconds: Histogram,
@@ -71,6 +72,7 @@ impl Telemetry {
             notified: counter!("sluice_notifications_sent_total", &label),
             notify_failures: counter!("sluice_notification_failures_total", &label),
             offset_commit_failures: counter!("sluice_kafka_commit_failures_total", &label),
+            fenced: counter!("sluice_fencing_rejections_total", &label),
             buffered: gauge!("sluice_buffered_bytes", &label),
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
@@ -109,8 +111,19 @@ impl Telemetry {
         self.upload_seconds.record(took.as_secs_f64());
     }
 
-    pub fn upload_retry(&self, key: &str, attempt: u32, error: &dyn std::fmt::Display) {
-        warn!(key, attempt, error = %error, "upload failed, retrying");
+    pub fn store_retry(&self, what: &str, attempt: u32, error: &dyn std::fmt::Display) {
+        warn!(what, attempt, error = %error, "store call failed, retrying");
+    }
+
+    /// Another writer committed this partition's next range first.
+    pub fn fenced(&self, partition: i32, other_writer: &str, other_to: i64) {
+        warn!(
+            partition,
+            other_writer,
+            other_to,
+            "commit lost to another writer; dropping this partition's checkpoint and resuming after its range"
+        );
+        self.fenced.increment(1);
     }
 
     pub fn offsets_commit_failed(&self, error: &dyn std::fmt::Display) {

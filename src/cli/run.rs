@@ -9,8 +9,10 @@ use tracing::info;
 use crate::buffer::{self, Buffers};
 use crate::commit::Committer;
 use crate::config::Config;
+use crate::manifest::Manifests;
 use crate::pipeline::{self, Pipeline};
 use crate::schema::{LocalRegistry, MessagePlan};
+use crate::source::SourceContext;
 use crate::telemetry::{self, Telemetry};
 use crate::{notify, source, store, writer};
 
@@ -42,7 +44,18 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
 
     let (store, prefix) = runtime.block_on(store::from_config(&config))?;
     let notifier = runtime.block_on(notify::from_config(config.notify.queue_url.as_deref()));
-    let consumer = source::connect(&config.kafka, &format!("sluice-{}", config.event.name))?;
+    let manifests = Manifests::new(
+        store.clone(),
+        &prefix,
+        &config.event.name,
+        &config.kafka.topic,
+    );
+    let context = SourceContext::new(&config.kafka.topic, manifests.clone(), handle.clone());
+    let consumer = source::connect(
+        &config.kafka,
+        &format!("sluice-{}", config.event.name),
+        context,
+    )?;
 
     let telemetry = Telemetry::new(&config.event.name);
     let stop = pipeline::stop_on_signals(&handle);
@@ -55,6 +68,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let buffers = Buffers::new(plan, writer::properties(&buffer::UNIQUE_COLUMNS), metadata);
     let committer = Committer {
         store,
+        manifests,
         prefix,
         event: config.event.name.clone(),
         topic: config.kafka.topic.clone(),

@@ -1,0 +1,48 @@
+//! Crash points between the steps of the commit protocol, for crash tests.
+//!
+//! Built only with the `failpoints` feature. `SLUICE_FAILPOINT=<name>:<n>`
+//! aborts the process (no unwinding, no final checkpoint, like SIGKILL) the
+//! `n`-th time the point named `<name>` is reached. Without the feature every
+//! point is an empty inline function.
+
+/// After the checkpoint's files are uploaded, before any manifest.
+pub const AFTER_UPLOAD: &str = "after_upload";
+/// After a partition's manifest is written, before notifications.
+pub const AFTER_MANIFEST: &str = "after_manifest";
+/// After notifications were accepted, before the `.notified` markers.
+pub const AFTER_NOTIFY: &str = "after_notify";
+/// After the markers, before Kafka offsets are committed.
+pub const AFTER_MARKERS: &str = "after_markers";
+/// After Kafka offsets are committed.
+pub const AFTER_KAFKA_COMMIT: &str = "after_kafka_commit";
+
+#[cfg(feature = "failpoints")]
+mod active {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn hit(name: &str) {
+        let armed = ARMED.get_or_init(|| {
+            let spec = std::env::var("SLUICE_FAILPOINT").ok()?;
+            let (point, n) = spec.split_once(':').unwrap_or((&spec, "1"));
+            Some((point.to_owned(), n.parse().unwrap_or(1)))
+        });
+        if let Some((point, n)) = armed
+            && point == name
+            && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            eprintln!("failpoint {name} reached: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// Marks a crash point.
+#[inline]
+pub fn hit(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    active::hit(_name);
+}
