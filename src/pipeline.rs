@@ -69,6 +69,8 @@ struct State {
     owned: BTreeMap<i32, Progress>,
     /// Committed manifests whose files are not announced yet.
     outbox: Vec<Manifest>,
+    /// Next offsets last committed to the Kafka group, per partition.
+    advised: BTreeMap<i32, i64>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -111,6 +113,7 @@ impl Pipeline {
                 checkpoint: Checkpoint::new(),
                 owned: BTreeMap::new(),
                 outbox: Vec::new(),
+                advised: BTreeMap::new(),
             },
         }
     }
@@ -161,6 +164,7 @@ impl State {
             match event {
                 Assignment::Assigned { partition, latest } => {
                     self.owned.insert(partition, Progress::default());
+                    self.advised.remove(&partition);
                     self.checkpoint
                         .reset(partition, latest.as_ref().map(|l| l.manifest.range.to));
                     if let Some(latest) = latest
@@ -252,6 +256,7 @@ impl State {
         let files = self.buffers.finish_all()?;
         let ranges = self.ranges();
         if ranges.is_empty() && self.outbox.is_empty() {
+            self.advise_kafka(consumer);
             return Ok(());
         }
         let uploaded = self.runtime.block_on(self.committer.upload(files))?;
@@ -317,15 +322,19 @@ impl State {
         Ok(())
     }
 
-    /// Commits the next offset of every owned partition to the group: for
-    /// lag dashboards and the first start of a partition without manifests.
-    fn advise_kafka(&self, consumer: &KafkaConsumer) {
-        let next = self
+    /// Commits the next offset of every owned partition whose progress moved
+    /// to the group: for lag dashboards and the first start of a partition
+    /// without manifests.
+    fn advise_kafka(&mut self, consumer: &KafkaConsumer) {
+        let next: Vec<(i32, i64)> = self
             .owned
             .keys()
-            .filter_map(|&p| self.checkpoint.position(p).map(|to| (p, to + 1)));
-        if let Err(e) = source::commit_offsets(consumer, &self.topic, next) {
-            self.telemetry.offsets_commit_failed(&e);
+            .filter_map(|&p| self.checkpoint.position(p).map(|to| (p, to + 1)))
+            .filter(|(p, next)| self.advised.get(p) != Some(next))
+            .collect();
+        match source::commit_offsets(consumer, &self.topic, next.iter().copied()) {
+            Ok(()) => self.advised.extend(next),
+            Err(e) => self.telemetry.offsets_commit_failed(&e),
         }
     }
 }

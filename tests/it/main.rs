@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod configs;
+mod exactly_once;
 mod pipeline;
 mod stores;
 mod support;

@@ -9,68 +9,9 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
-use sluice::sample::{self, OrderSample, Produced};
-use sluice::schema::LocalRegistry;
+use sluice::sample::{self, Produced};
 
-use crate::support::{self, Sink, SinkSpec};
-
-fn reference_sample() -> OrderSample {
-    let registry = LocalRegistry::open(&support::schemas_dir()).unwrap();
-    OrderSample::new(&registry.message("sluice.examples.OrderPlaced").unwrap()).unwrap()
-}
-
-/// Next offset per partition after what was produced.
-fn ends(produced: &[Produced], partitions: i32) -> Vec<i64> {
-    let mut ends = vec![0i64; partitions as usize];
-    for p in produced {
-        ends[p.partition as usize] = ends[p.partition as usize].max(p.offset + 1);
-    }
-    ends
-}
-
-/// Checks that every produced event is a row with its values; returns how
-/// many rows each (partition, offset) has.
-fn check_rows(
-    read: &Value,
-    produced: &[Produced],
-    sample: &OrderSample,
-) -> HashMap<(i64, i64), usize> {
-    let mut rows: HashMap<(i64, i64), &Value> = HashMap::new();
-    let mut counts = HashMap::new();
-    for row in read["rows"].as_array().unwrap() {
-        let key = (row[0].as_i64().unwrap(), row[1].as_i64().unwrap());
-        rows.insert(key, row);
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    for p in produced {
-        let row = rows
-            .get(&(p.partition as i64, p.offset))
-            .unwrap_or_else(|| panic!("no row for partition {} offset {}", p.partition, p.offset));
-        let f = sample.fields(p.seq);
-        assert_eq!(row[2], f.order_id.as_str(), "order_id at {p:?}");
-        assert_eq!(row[3], f.customer_id, "customer_id at {p:?}");
-        assert_eq!(row[4], f.total_cents, "total_cents at {p:?}");
-        assert_eq!(row[5], f.payment_method, "payment_method at {p:?}");
-        assert_eq!(
-            row[6].as_str(),
-            f.promo_code.as_deref(),
-            "promo_code at {p:?}"
-        );
-        assert_eq!(row[7], f.placed_at_micros, "placed_at at {p:?}");
-        assert_eq!(row[8].as_f64(), Some(f.latitude), "latitude at {p:?}");
-        assert_eq!(row[9], f.is_first_order, "is_first_order at {p:?}");
-        assert_eq!(row[10], f.order_id.as_str(), "_event_id at {p:?}");
-        assert_eq!(row[11], f.placed_at_micros, "_event_time at {p:?}");
-    }
-    counts
-}
-
-fn decode_key(key: &str) -> String {
-    percent_encoding::percent_decode_str(key)
-        .decode_utf8()
-        .unwrap()
-        .into_owned()
-}
+use crate::support::{self, Sink, SinkSpec, check_rows, decode_key, ends, reference_sample};
 
 /// One message per file, whose key, size and row count match the file.
 fn check_messages(read: &Value, bucket: &str, topic: &str) {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
+use sluice::sample::{OrderSample, Produced};
+use sluice::schema::LocalRegistry;
 
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -124,8 +126,22 @@ pub struct SinkSpec<'a> {
     pub interval: &'a str,
 }
 
+/// Group timeouts short enough for tests that kill members: the broker's
+/// minimum session timeout, so a dead member's partitions move within
+/// seconds.
+pub const FAST_GROUP: &str = r#"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"#;
+
 impl Sink {
     pub fn new(spec: SinkSpec<'_>) -> Sink {
+        Sink::with_extra(spec, "")
+    }
+
+    /// A sink whose config ends with `extra` (more TOML tables).
+    pub fn with_extra(spec: SinkSpec<'_>, extra: &str) -> Sink {
         let dir = tempfile::tempdir().unwrap();
         let group = unique("sluice-test");
         let metrics_port = free_port();
@@ -151,6 +167,7 @@ interval = "{interval}"
 {notify}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+{extra}
 "#,
             brokers = brokers(),
             topic = spec.topic,
@@ -176,12 +193,18 @@ listen = "127.0.0.1:{metrics_port}"
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--config"])
             .arg(&self.config)
+            .envs(env.iter().copied())
+            .env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{}", self.metrics_port))
             .env("SLUICE_LOG", "info,sluice=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -192,6 +215,42 @@ listen = "127.0.0.1:{metrics_port}"
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("not running");
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// SIGKILL, and reaps the process.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let mut child = self.child.take().expect("not running");
+        child.wait().unwrap();
+    }
+
+    /// Waits for the process to exit by itself (a crash point).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("not running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sluice did not exit within {limit:?}; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGTERM, then waits for the process to exit.
@@ -276,11 +335,21 @@ impl Drop for Sink {
 
 /// What pyarrow finds under `url`, and the messages drained from `queue`.
 pub fn read_back(url: &str, queue: Option<&str>) -> Value {
+    read_back_with(url, queue, &[])
+}
+
+/// Only what manifests list: what loaders may see.
+pub fn read_back_committed(url: &str, queue: Option<&str>) -> Value {
+    read_back_with(url, queue, &["--committed"])
+}
+
+fn read_back_with(url: &str, queue: Option<&str>, flags: &[&str]) -> Value {
     let mut command = Command::new(python());
     command
         .arg(repo().join("tests/py/read_back.py"))
         .arg(url)
-        .arg("--rows");
+        .arg("--rows")
+        .args(flags);
     if let Some(q) = queue {
         command.args(["--queue", q]);
     }
@@ -295,4 +364,93 @@ pub fn read_back(url: &str, queue: Option<&str>) -> Value {
 
 pub fn schemas_dir() -> PathBuf {
     repo().join("schemas")
+}
+
+pub fn reference_sample() -> OrderSample {
+    let registry = LocalRegistry::open(&schemas_dir()).unwrap();
+    OrderSample::new(&registry.message("sluice.examples.OrderPlaced").unwrap()).unwrap()
+}
+
+/// Next offset per partition after what was produced.
+pub fn ends(produced: &[Produced], partitions: i32) -> Vec<i64> {
+    let mut ends = vec![0i64; partitions as usize];
+    for p in produced {
+        ends[p.partition as usize] = ends[p.partition as usize].max(p.offset + 1);
+    }
+    ends
+}
+
+/// Checks that every produced event is a row with its values; returns how
+/// many rows each (partition, offset) has.
+pub fn check_rows(
+    read: &Value,
+    produced: &[Produced],
+    sample: &OrderSample,
+) -> HashMap<(i64, i64), usize> {
+    let mut rows: HashMap<(i64, i64), &Value> = HashMap::new();
+    let mut counts = HashMap::new();
+    for row in read["rows"].as_array().unwrap() {
+        let key = (row[0].as_i64().unwrap(), row[1].as_i64().unwrap());
+        rows.insert(key, row);
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    for p in produced {
+        let row = rows
+            .get(&(p.partition as i64, p.offset))
+            .unwrap_or_else(|| panic!("no row for partition {} offset {}", p.partition, p.offset));
+        let f = sample.fields(p.seq);
+        assert_eq!(row[2], f.order_id.as_str(), "order_id at {p:?}");
+        assert_eq!(row[3], f.customer_id, "customer_id at {p:?}");
+        assert_eq!(row[4], f.total_cents, "total_cents at {p:?}");
+        assert_eq!(row[5], f.payment_method, "payment_method at {p:?}");
+        assert_eq!(
+            row[6].as_str(),
+            f.promo_code.as_deref(),
+            "promo_code at {p:?}"
+        );
+        assert_eq!(row[7], f.placed_at_micros, "placed_at at {p:?}");
+        assert_eq!(row[8].as_f64(), Some(f.latitude), "latitude at {p:?}");
+        assert_eq!(row[9], f.is_first_order, "is_first_order at {p:?}");
+        assert_eq!(row[10], f.order_id.as_str(), "_event_id at {p:?}");
+        assert_eq!(row[11], f.placed_at_micros, "_event_time at {p:?}");
+    }
+    counts
+}
+
+pub fn decode_key(key: &str) -> String {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8()
+        .unwrap()
+        .into_owned()
+}
+
+
+/// What loaders may see is exactly what was produced: every (partition,
+/// offset) in exactly one committed row, manifests chaining without gaps or
+/// overlaps, and no announced file outside a manifest.
+pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSample) {
+    let counts = check_rows(read, produced, sample);
+    let duplicated: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(duplicated.is_empty(), "duplicated rows, e.g. {duplicated:?}");
+    assert_eq!(read["rows"].as_array().unwrap().len(), produced.len(), "committed rows");
+    let mut ranges: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+    let mut listed = std::collections::HashSet::new();
+    for m in read["manifests"].as_array().unwrap() {
+        let p = m["partition"].as_i64().unwrap();
+        let range = (m["range"]["from"].as_i64().unwrap(), m["range"]["to"].as_i64().unwrap());
+        ranges.entry(p).or_default().push(range);
+        for f in m["files"].as_array().unwrap() {
+            listed.insert(f["key"].as_str().unwrap().to_owned());
+        }
+    }
+    for (p, rs) in &mut ranges {
+        rs.sort();
+        for pair in rs.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "partition {p}: manifests {pair:?} do not chain");
+        }
+    }
+    for m in read["messages"].as_array().unwrap() {
+        let key = decode_key(m["Records"][0]["s3"]["object"]["key"].as_str().unwrap());
+        assert!(listed.contains(&key), "announced file {key} is in no manifest");
+    }
 }

@@ -1,10 +1,12 @@
 """Reads what sluice wrote, with pyarrow (a Parquet reader sluice did not
 write), and prints it as JSON for the integration tests and the demo.
 
-usage: read_back.py s3://bucket/prefix [--rows] [--queue URL]
-       read_back.py file:///dir [--rows]
+usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL]
+       read_back.py file:///dir [--rows] [--committed]
 
-Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...]}.
+Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...],
+"manifests": [...], "orphans": [...]}. With --committed only the files that a
+manifest lists are read (what loaders may see); the rest are orphans.
 Rows are [partition, offset, order_id, customer_id, total_cents,
 payment_method, promo_code, placed_at_us, latitude, is_first_order,
 event_id, event_time_us] when the files hold the reference event.
@@ -68,10 +70,21 @@ def main():
     parser.add_argument("url")
     parser.add_argument("--rows", action="store_true")
     parser.add_argument("--queue")
+    parser.add_argument("--committed", action="store_true")
     args = parser.parse_args()
-    out = {"files": [], "rows": [], "messages": []}
-    for key, body in objects(args.url):
+    out = {"files": [], "rows": [], "messages": [], "manifests": [], "orphans": []}
+    everything = list(objects(args.url))
+    prefix = args.url[5:].partition("/")[2] if args.url.startswith("s3://") else ""
+    for key, body in everything:
+        if "/_sluice/manifests/" in "/" + key and key.endswith(".json"):
+            out["manifests"].append(json.loads(body))
+    listed = {f["key"] for m in out["manifests"] for f in m["files"]}
+    for key, body in everything:
         if not key.endswith(".parquet"):
+            continue
+        full = key if not prefix or key.startswith(prefix) else prefix + "/" + key
+        if args.committed and key not in listed and full not in listed:
+            out["orphans"].append(key)
             continue
         table = pq.read_table(io.BytesIO(body))
         meta = pq.ParquetFile(io.BytesIO(body)).metadata.metadata or {}

@@ -1,0 +1,232 @@
+//! The exactly-once contract against the real stack: crashes between every
+//! step of the commit protocol, SIGKILLs during rebalances, and a paused
+//! zombie. Each ends with what loaders may see (files listed by manifests,
+//! read with pyarrow) holding every produced record exactly once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice::sample::{self, Produced};
+
+use crate::support::{self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, decode_key, ends, reference_sample};
+
+struct Fixture {
+    topic: String,
+    bucket: String,
+    queue: String,
+    storage: String,
+    partitions: i32,
+}
+
+async fn fixture(partitions: i32) -> Fixture {
+    let topic = support::unique("orders");
+    let bucket = support::unique("sluice-eo");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, partitions).await.unwrap();
+    let storage = format!("s3://{bucket}/raw");
+    Fixture { topic, bucket, queue, storage, partitions }
+}
+
+impl Fixture {
+    fn sink(&self, interval: &str) -> Sink {
+        Sink::with_extra(
+            SinkSpec {
+                topic: &self.topic,
+                storage_url: &self.storage,
+                queue_url: Some(&self.queue),
+                interval,
+            },
+            FAST_GROUP,
+        )
+    }
+
+    async fn produce(&self, seqs: std::ops::Range<u64>) -> Vec<Produced> {
+        sample::produce(&support::brokers(), &self.topic, self.partitions, &reference_sample(), seqs)
+            .await
+            .unwrap()
+    }
+
+    fn read(&self) -> Value {
+        support::read_back_committed(&self.storage, Some(&self.queue))
+    }
+}
+
+/// Every file a manifest lists was announced at least once.
+fn check_all_announced(read: &Value) {
+    let announced: HashSet<String> = read["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| decode_key(m["Records"][0]["s3"]["object"]["key"].as_str().unwrap()))
+        .collect();
+    for m in read["manifests"].as_array().unwrap() {
+        for f in m["files"].as_array().unwrap() {
+            let key = f["key"].as_str().unwrap();
+            assert!(announced.contains(key), "committed file {key} never announced");
+        }
+    }
+}
+
+/// Crashes (abort, as SIGKILL would) at `point` during the first checkpoint
+/// that reaches it, restarts, and checks the outcome.
+async fn crash_at(point: &str) {
+    let f = fixture(2).await;
+    let produced = f.produce(0..6_000).await;
+    let mut sink = f.sink("1s");
+    sink.start_with_env(&[("SLUICE_FAILPOINT", &format!("{point}:1"))]);
+    let status = sink.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "expected a crash at {point}; log:\n{}", sink.logs());
+    assert!(sink.logs().contains(&format!("failpoint {point} reached")), "{}", sink.logs());
+    sink.start();
+    sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_all_announced(&read);
+    // Orphans of the crashed attempt are never announced (checked above);
+    // a retry that batches the same offsets overwrites them in place.
+    let _ = &f.bucket;
+}
+
+#[cfg(feature = "failpoints")]
+mod crash_points {
+    use sluice::failpoint::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_after_upload() {
+        super::crash_at(AFTER_UPLOAD).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_after_manifest() {
+        super::crash_at(AFTER_MANIFEST).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_after_notify() {
+        super::crash_at(AFTER_NOTIFY).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_after_markers() {
+        super::crash_at(AFTER_MARKERS).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_after_kafka_commit() {
+        super::crash_at(AFTER_KAFKA_COMMIT).await;
+    }
+}
+
+/// Two processes in one group, SIGKILLed and restarted at random moments
+/// while a producer writes; at the end every record is committed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_two_processes_sigkilled_and_restarted() {
+    const EVENTS: u64 = 200_000;
+    const KILLS: usize = 20;
+    let f = fixture(6).await;
+    let mut sinks = [f.sink("1s"), f.sink("1s")];
+    // Same group for both.
+    let group = sinks[0].group.clone();
+    let text = std::fs::read_to_string(&sinks[1].config).unwrap().replace(&sinks[1].group, &group);
+    std::fs::write(&sinks[1].config, text).unwrap();
+    sinks[1].group = group;
+    sinks.iter_mut().for_each(Sink::start);
+
+    let producer = {
+        let topic = f.topic.clone();
+        tokio::spawn(async move {
+            let sample = reference_sample();
+            let mut all = Vec::new();
+            for chunk in 0..20 {
+                let seqs = chunk * EVENTS / 20..(chunk + 1) * EVENTS / 20;
+                all.extend(sample::produce(&support::brokers(), &topic, 6, &sample, seqs).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            all
+        })
+    };
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(1000 + rand(3000))).await;
+        let victim = rand(2) as usize;
+        sinks[victim].kill();
+        tokio::time::sleep(Duration::from_millis(rand(1000))).await;
+        sinks[victim].start();
+    }
+    let produced = producer.await.unwrap();
+    assert_eq!(produced.len(), EVENTS as usize);
+    let target = ends(&produced, f.partitions);
+    let group = sinks[0].group.clone();
+    support::wait_until("both processes to commit everything", Duration::from_secs(300), || {
+        support::committed(&group, &f.topic, f.partitions) == target
+    });
+    for sink in &mut sinks {
+        assert!(sink.stop().success(), "{}", sink.logs());
+    }
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_all_announced(&read);
+    println!(
+        "chaos: {} events, {KILLS} SIGKILLs, {} manifests, {} committed files, {} orphans, {} messages",
+        produced.len(),
+        read["manifests"].as_array().unwrap().len(),
+        read["files"].as_array().unwrap().len(),
+        read["orphans"].as_array().unwrap().len(),
+        read["messages"].as_array().unwrap().len(),
+    );
+}
+
+/// A process paused past its session timeout loses its partitions; when it
+/// resumes and tries to commit what it buffered, the fence rejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_is_fenced_after_its_partitions_moved() {
+    let f = fixture(2).await;
+    // A long interval: the zombie holds rows when it is paused.
+    let mut zombie = f.sink("8s");
+    let mut successor = f.sink("1s");
+    let group = zombie.group.clone();
+    let text = std::fs::read_to_string(&successor.config).unwrap().replace(&successor.group, &group);
+    std::fs::write(&successor.config, text).unwrap();
+    successor.group = group.clone();
+
+    let first = f.produce(0..2_000).await;
+    zombie.start();
+    support::wait_until("the zombie to hold its partitions", Duration::from_secs(60), || {
+        zombie.logs().contains("partition assigned")
+    });
+    // Let it read (not commit: 8 s interval), then pause it.
+    std::thread::sleep(Duration::from_secs(3));
+    zombie.signal("STOP");
+    successor.start();
+    let second = f.produce(2_000..4_000).await;
+    let produced: Vec<Produced> = first.into_iter().chain(second).collect();
+    // The successor takes over once the zombie's session times out.
+    successor.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
+    zombie.signal("CONT");
+    // Its checkpoint timer ran out while it was paused: it tries to commit
+    // what it read before the pause, and the fence refuses.
+    support::wait_until("the zombie to be fenced", Duration::from_secs(60), || {
+        zombie.logs().contains("commit lost to another writer")
+    });
+    let fenced = zombie
+        .metrics()
+        .iter()
+        .filter(|(k, _)| k.starts_with("sluice_fencing_rejections_total"))
+        .map(|(_, v)| *v)
+        .sum::<f64>();
+    assert!(fenced >= 1.0, "fencing rejections: {fenced}");
+    assert!(zombie.stop().success(), "{}", zombie.logs());
+    assert!(successor.stop().success(), "{}", successor.logs());
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_all_announced(&read);
+}
