@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod gc;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,12 +29,15 @@ pub enum LogFormat {
 pub enum Command {
     /// Consume the topic and commit Parquet files until stopped (SIGTERM/SIGINT).
     Run(run::RunArgs),
+    /// List (or with --delete remove) data files that no manifest lists.
+    Gc(gc::GcArgs),
 }
 
 impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(args) => run::execute(args),
+            Command::Gc(args) => gc::execute(args),
         }
     }
 }

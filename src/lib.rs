@@ -14,6 +14,7 @@ pub mod commit;
 pub mod config;
 pub mod envelope;
 pub mod failpoint;
+pub mod gc;
 pub mod layout;
 pub mod manifest;
 pub mod notify;

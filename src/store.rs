@@ -37,6 +37,8 @@ pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub e_tag: String,
+    /// Seconds since the Unix epoch.
+    pub last_modified: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Copies `from` to `to` inside the store (server-side on S3) and returns
+    /// the new object's ETag.
+    async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError>;
     /// The bucket name announced in notifications.
     fn bucket(&self) -> &str;
 }
@@ -95,6 +100,13 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
         }
         StorageUrl::Local { dir } => (Arc::new(LocalStore::new(dir)), String::new()),
     })
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A stable hex digest of `bytes`, the ETag of stores that have no other.

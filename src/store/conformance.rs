@@ -69,7 +69,32 @@ pub async fn run(store: &dyn ObjectStore) {
         .await
         .expect("put");
 
-    // list by prefix, in key order, with sizes
+    // copy duplicates an object under a new key
+    let copied = format!("{base}/c/copy.bin");
+    store.copy(&third, &copied).await.expect("copy");
+    assert_eq!(
+        store.get(&copied).await.expect("get copy"),
+        Bytes::from_static(b"333")
+    );
+    match store.copy(&format!("{base}/none"), &copied).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("copy of a missing key: expected NotFound, got {other:?}"),
+    }
+    store.delete(&copied).await.expect("delete");
+
+    // list by prefix, in key order, with sizes and times
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for meta in store.list(&format!("{base}/")).await.expect("list") {
+        assert!(
+            (meta.last_modified - now).abs() < 300,
+            "last_modified of {} is {}",
+            meta.key,
+            meta.last_modified
+        );
+    }
     let listed = store.list(&format!("{base}/a/")).await.expect("list");
     let keys: Vec<_> = listed.iter().map(|m| (m.key.as_str(), m.size)).collect();
     assert_eq!(keys, vec![(key.as_str(), 6), (second.as_str(), 1)]);

@@ -126,10 +126,16 @@ impl ObjectStore for LocalStore {
             let body = tokio::fs::read(&path)
                 .await
                 .map_err(|e| io_error("list", &key, e))?;
+            let last_modified = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
             out.push(ObjectMeta {
                 size: body.len() as u64,
                 e_tag: content_tag(&body),
                 key,
+                last_modified,
             });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -142,6 +148,11 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("delete", key, e)),
         }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
+        let body = self.get(from).await?;
+        self.put(to, body, PutMode::Overwrite).await
     }
 
     fn bucket(&self) -> &str {

@@ -11,6 +11,14 @@ use bytes::Bytes;
 
 use super::{ObjectMeta, ObjectStore, PutMode, StoreError};
 
+/// `x-amz-copy-source` is URL-encoded except for `/`.
+const COPY_SOURCE_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
@@ -111,6 +119,7 @@ impl ObjectStore for S3Store {
                     key: object.key().unwrap_or_default().to_owned(),
                     size: object.size().unwrap_or(0).max(0) as u64,
                     e_tag: object.e_tag().unwrap_or_default().to_owned(),
+                    last_modified: object.last_modified().map_or(0, |t| t.secs()),
                 });
             }
             token = page.next_continuation_token().map(str::to_owned);
@@ -130,6 +139,28 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify("delete", key, e))?;
         Ok(())
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
+        let source = format!(
+            "{}/{}",
+            self.bucket,
+            percent_encoding::utf8_percent_encode(from, COPY_SOURCE_ESCAPE)
+        );
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(|e| classify("copy", from, e))?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_owned())
     }
 
     fn bucket(&self) -> &str {

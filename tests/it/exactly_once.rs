@@ -9,11 +9,12 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::sample::{self, Produced};
 
-use crate::support::{self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, decode_key, ends, reference_sample};
+use crate::support::{
+    self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, decode_key, ends, reference_sample,
+};
 
 struct Fixture {
     topic: String,
-    bucket: String,
     queue: String,
     storage: String,
     partitions: i32,
@@ -24,9 +25,16 @@ async fn fixture(partitions: i32) -> Fixture {
     let bucket = support::unique("sluice-eo");
     support::create_bucket(&bucket).await;
     let queue = support::create_queue(&support::unique("files")).await;
-    sample::ensure_topic(&support::brokers(), &topic, partitions).await.unwrap();
+    sample::ensure_topic(&support::brokers(), &topic, partitions)
+        .await
+        .unwrap();
     let storage = format!("s3://{bucket}/raw");
-    Fixture { topic, bucket, queue, storage, partitions }
+    Fixture {
+        topic,
+        queue,
+        storage,
+        partitions,
+    }
 }
 
 impl Fixture {
@@ -43,9 +51,15 @@ impl Fixture {
     }
 
     async fn produce(&self, seqs: std::ops::Range<u64>) -> Vec<Produced> {
-        sample::produce(&support::brokers(), &self.topic, self.partitions, &reference_sample(), seqs)
-            .await
-            .unwrap()
+        sample::produce(
+            &support::brokers(),
+            &self.topic,
+            self.partitions,
+            &reference_sample(),
+            seqs,
+        )
+        .await
+        .unwrap()
     }
 
     fn read(&self) -> Value {
@@ -64,59 +78,73 @@ fn check_all_announced(read: &Value) {
     for m in read["manifests"].as_array().unwrap() {
         for f in m["files"].as_array().unwrap() {
             let key = f["key"].as_str().unwrap();
-            assert!(announced.contains(key), "committed file {key} never announced");
+            assert!(
+                announced.contains(key),
+                "committed file {key} never announced"
+            );
         }
     }
 }
 
-/// Crashes (abort, as SIGKILL would) at `point` during the first checkpoint
-/// that reaches it, restarts, and checks the outcome.
-async fn crash_at(point: &str) {
-    let f = fixture(2).await;
-    let produced = f.produce(0..6_000).await;
-    let mut sink = f.sink("1s");
-    sink.start_with_env(&[("SLUICE_FAILPOINT", &format!("{point}:1"))]);
-    let status = sink.wait_exit(Duration::from_secs(120));
-    assert!(!status.success(), "expected a crash at {point}; log:\n{}", sink.logs());
-    assert!(sink.logs().contains(&format!("failpoint {point} reached")), "{}", sink.logs());
-    sink.start();
-    sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
-    assert!(sink.stop().success(), "{}", sink.logs());
-    let read = f.read();
-    check_exactly_once(&read, &produced, &reference_sample());
-    check_all_announced(&read);
-    // Orphans of the crashed attempt are never announced (checked above);
-    // a retry that batches the same offsets overwrites them in place.
-    let _ = &f.bucket;
-}
-
 #[cfg(feature = "failpoints")]
 mod crash_points {
+    use std::time::Duration;
+
     use sluice::failpoint::*;
+
+    use crate::support::{check_exactly_once, ends, reference_sample};
+
+    /// Crashes (abort, as SIGKILL would) at `point` during the first checkpoint
+    /// that reaches it, restarts, and checks the outcome.
+    pub(super) async fn crash_at(point: &str) {
+        let f = super::fixture(2).await;
+        let produced = f.produce(0..6_000).await;
+        let mut sink = f.sink("1s");
+        sink.start_with_env(&[("SLUICE_FAILPOINT", &format!("{point}:1"))]);
+        let status = sink.wait_exit(Duration::from_secs(120));
+        assert!(
+            !status.success(),
+            "expected a crash at {point}; log:\n{}",
+            sink.logs()
+        );
+        assert!(
+            sink.logs().contains(&format!("failpoint {point} reached")),
+            "{}",
+            sink.logs()
+        );
+        sink.start();
+        sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
+        assert!(sink.stop().success(), "{}", sink.logs());
+        let read = f.read();
+        check_exactly_once(&read, &produced, &reference_sample());
+        super::check_all_announced(&read);
+        // Orphans of the crashed attempt are never announced (checked above);
+        // a retry that batches the same offsets overwrites them in place.
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_upload() {
-        super::crash_at(AFTER_UPLOAD).await;
+        crash_at(AFTER_UPLOAD).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_manifest() {
-        super::crash_at(AFTER_MANIFEST).await;
+        crash_at(AFTER_MANIFEST).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_notify() {
-        super::crash_at(AFTER_NOTIFY).await;
+        crash_at(AFTER_NOTIFY).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_markers() {
-        super::crash_at(AFTER_MARKERS).await;
+        crash_at(AFTER_MARKERS).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_kafka_commit() {
-        super::crash_at(AFTER_KAFKA_COMMIT).await;
+        crash_at(AFTER_KAFKA_COMMIT).await;
     }
 }
 
@@ -130,7 +158,9 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
     let mut sinks = [f.sink("1s"), f.sink("1s")];
     // Same group for both.
     let group = sinks[0].group.clone();
-    let text = std::fs::read_to_string(&sinks[1].config).unwrap().replace(&sinks[1].group, &group);
+    let text = std::fs::read_to_string(&sinks[1].config)
+        .unwrap()
+        .replace(&sinks[1].group, &group);
     std::fs::write(&sinks[1].config, text).unwrap();
     sinks[1].group = group;
     sinks.iter_mut().for_each(Sink::start);
@@ -142,7 +172,11 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
             let mut all = Vec::new();
             for chunk in 0..20 {
                 let seqs = chunk * EVENTS / 20..(chunk + 1) * EVENTS / 20;
-                all.extend(sample::produce(&support::brokers(), &topic, 6, &sample, seqs).await.unwrap());
+                all.extend(
+                    sample::produce(&support::brokers(), &topic, 6, &sample, seqs)
+                        .await
+                        .unwrap(),
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             all
@@ -166,9 +200,11 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
     assert_eq!(produced.len(), EVENTS as usize);
     let target = ends(&produced, f.partitions);
     let group = sinks[0].group.clone();
-    support::wait_until("both processes to commit everything", Duration::from_secs(300), || {
-        support::committed(&group, &f.topic, f.partitions) == target
-    });
+    support::wait_until(
+        "both processes to commit everything",
+        Duration::from_secs(300),
+        || support::committed(&group, &f.topic, f.partitions) == target,
+    );
     for sink in &mut sinks {
         assert!(sink.stop().success(), "{}", sink.logs());
     }
@@ -194,15 +230,19 @@ async fn zombie_is_fenced_after_its_partitions_moved() {
     let mut zombie = f.sink("8s");
     let mut successor = f.sink("1s");
     let group = zombie.group.clone();
-    let text = std::fs::read_to_string(&successor.config).unwrap().replace(&successor.group, &group);
+    let text = std::fs::read_to_string(&successor.config)
+        .unwrap()
+        .replace(&successor.group, &group);
     std::fs::write(&successor.config, text).unwrap();
     successor.group = group.clone();
 
     let first = f.produce(0..2_000).await;
     zombie.start();
-    support::wait_until("the zombie to hold its partitions", Duration::from_secs(60), || {
-        zombie.logs().contains("partition assigned")
-    });
+    support::wait_until(
+        "the zombie to hold its partitions",
+        Duration::from_secs(60),
+        || zombie.logs().contains("partition assigned"),
+    );
     // Let it read (not commit: 8 s interval), then pause it.
     std::thread::sleep(Duration::from_secs(3));
     zombie.signal("STOP");
@@ -229,4 +269,57 @@ async fn zombie_is_fenced_after_its_partitions_moved() {
     let read = f.read();
     check_exactly_once(&read, &produced, &reference_sample());
     check_all_announced(&read);
+}
+
+/// `sluice gc` lists files no manifest lists, deletes them only when told,
+/// and never touches committed files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_lists_and_deletes_orphans_only() {
+    let f = fixture(1).await;
+    let produced = f.produce(0..500).await;
+    let mut sink = f.sink("1s");
+    sink.start();
+    sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(60));
+    assert!(sink.stop().success());
+    // An upload whose manifest was never written.
+    let bucket = f
+        .storage
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let orphan = "raw/order_placed/dt=2025-12-31/hr=23/x-0-00000000000000000001-00000000000000000002.parquet";
+    support::put_object(&bucket, orphan, b"not committed").await;
+
+    let gc = |delete: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["gc", "--older-than", "0s", "--config"])
+            .arg(&sink.config);
+        if delete {
+            command.arg("--delete");
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = gc(false);
+    assert!(listed.contains(&format!("orphan {orphan}")), "{listed}");
+    assert!(listed.contains("1 orphan(s)"), "{listed}");
+    let before = support::read_back_committed(&f.storage, None);
+    assert_eq!(
+        before["orphans"],
+        serde_json::json!([orphan]),
+        "a dry run deletes nothing"
+    );
+    let deleted = gc(true);
+    assert!(deleted.contains("deleted 1 orphan(s)"), "{deleted}");
+    let read = support::read_back_committed(&f.storage, Some(&f.queue));
+    assert!(read["orphans"].as_array().unwrap().is_empty());
+    check_exactly_once(&read, &produced, &reference_sample());
 }

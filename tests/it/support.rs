@@ -62,6 +62,20 @@ pub async fn create_bucket(name: &str) {
         .expect("create bucket on moto");
 }
 
+pub async fn put_object(bucket: &str, key: &str, body: &[u8]) {
+    let config = aws_sdk_s3::config::Builder::from(&sdk().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .expect("put object on moto");
+}
+
 pub async fn create_queue(name: &str) -> String {
     let out = aws_sdk_sqs::Client::new(&sdk().await)
         .create_queue()
@@ -204,7 +218,10 @@ listen = "127.0.0.1:{metrics_port}"
             .args(["run", "--config"])
             .arg(&self.config)
             .envs(env.iter().copied())
-            .env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{}", self.metrics_port))
+            .env(
+                "SLUICE_METRICS__LISTEN",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
             .env("SLUICE_LOG", "info,sluice=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -238,6 +255,7 @@ listen = "127.0.0.1:{metrics_port}"
     }
 
     /// Waits for the process to exit by itself (a crash point).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("not running");
         let deadline = Instant::now() + limit;
@@ -247,7 +265,10 @@ listen = "127.0.0.1:{metrics_port}"
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("sluice did not exit within {limit:?}; log:\n{}", self.logs());
+                panic!(
+                    "sluice did not exit within {limit:?}; log:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -424,20 +445,29 @@ pub fn decode_key(key: &str) -> String {
         .into_owned()
 }
 
-
 /// What loaders may see is exactly what was produced: every (partition,
 /// offset) in exactly one committed row, manifests chaining without gaps or
 /// overlaps, and no announced file outside a manifest.
 pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSample) {
     let counts = check_rows(read, produced, sample);
     let duplicated: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
-    assert!(duplicated.is_empty(), "duplicated rows, e.g. {duplicated:?}");
-    assert_eq!(read["rows"].as_array().unwrap().len(), produced.len(), "committed rows");
+    assert!(
+        duplicated.is_empty(),
+        "duplicated rows, e.g. {duplicated:?}"
+    );
+    assert_eq!(
+        read["rows"].as_array().unwrap().len(),
+        produced.len(),
+        "committed rows"
+    );
     let mut ranges: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
     let mut listed = std::collections::HashSet::new();
     for m in read["manifests"].as_array().unwrap() {
         let p = m["partition"].as_i64().unwrap();
-        let range = (m["range"]["from"].as_i64().unwrap(), m["range"]["to"].as_i64().unwrap());
+        let range = (
+            m["range"]["from"].as_i64().unwrap(),
+            m["range"]["to"].as_i64().unwrap(),
+        );
         ranges.entry(p).or_default().push(range);
         for f in m["files"].as_array().unwrap() {
             listed.insert(f["key"].as_str().unwrap().to_owned());
@@ -446,11 +476,17 @@ pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSam
     for (p, rs) in &mut ranges {
         rs.sort();
         for pair in rs.windows(2) {
-            assert_eq!(pair[0].1, pair[1].0, "partition {p}: manifests {pair:?} do not chain");
+            assert_eq!(
+                pair[0].1, pair[1].0,
+                "partition {p}: manifests {pair:?} do not chain"
+            );
         }
     }
     for m in read["messages"].as_array().unwrap() {
         let key = decode_key(m["Records"][0]["s3"]["object"]["key"].as_str().unwrap());
-        assert!(listed.contains(&key), "announced file {key} is in no manifest");
+        assert!(
+            listed.contains(&key),
+            "announced file {key} is in no manifest"
+        );
     }
 }

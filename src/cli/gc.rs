@@ -1,0 +1,63 @@
+//! `sluice gc --config <file> [--older-than 24h] [--delete]`: finds data
+//! files that no manifest lists (uploads of attempts that crashed or lost a
+//! commit) and, with `--delete`, removes them. Lists only by default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::gc;
+use crate::manifest::Manifests;
+use crate::store;
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// The sink's TOML config file.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+    /// Only files at least this old count as orphans: younger ones may belong
+    /// to a checkpoint in flight.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub older_than: Duration,
+    /// Delete the orphans (without it, only list them).
+    #[arg(long)]
+    pub delete: bool,
+}
+
+pub(crate) fn execute(args: GcArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (store, prefix) = store::from_config(&config).await?;
+        let manifests = Manifests::new(
+            store.clone(),
+            &prefix,
+            &config.event.name,
+            &config.kafka.topic,
+        );
+        let orphans = gc::find_orphans(
+            &*store,
+            &manifests,
+            &prefix,
+            &config.event.name,
+            args.older_than,
+        )
+        .await?;
+        let bytes: u64 = orphans.iter().map(|o| o.size).sum();
+        for orphan in &orphans {
+            println!("orphan {} ({} bytes)", orphan.key, orphan.size);
+        }
+        if args.delete {
+            gc::delete(&*store, &orphans).await?;
+            println!("deleted {} orphan(s), {bytes} bytes", orphans.len());
+        } else {
+            println!(
+                "{} orphan(s), {bytes} bytes; run again with --delete to remove them",
+                orphans.len()
+            );
+        }
+        anyhow::Ok(())
+    })
+}
