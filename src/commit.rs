@@ -6,7 +6,8 @@
 //!    offset, so a retry overwrites only its own attempt);
 //! 2. create the manifest for the range `(from, to]` with `If-None-Match: *`
 //!    at a key made of `from + 1` — **the commit point**;
-//! 3. send one notification per file of the manifest;
+//! 3. in bucket-notifications mode, copy each file from its staging key to
+//!    its live key; then send one notification per file of the manifest;
 //! 4. write the manifest's `.notified` marker;
 //! 5. commit `to + 1` to Kafka — advice for lag dashboards, never read back
 //!    while a manifest exists.
@@ -70,6 +71,9 @@ pub struct Committer {
     pub event: String,
     pub topic: String,
     pub notifier: Arc<dyn Notifier>,
+    /// Bucket-notifications mode: files are uploaded under this prefix and
+    /// copied to their live key after the manifest.
+    pub staging: Option<String>,
     pub concurrency: usize,
     pub telemetry: Telemetry,
     /// Set on shutdown: notification retries give up instead of waiting on.
@@ -128,9 +132,14 @@ impl Committer {
         let size = file.bytes.len() as u64;
         let body = Bytes::from(file.bytes);
         let started = Instant::now();
-        let e_tag = retry(&key, &self.telemetry, StoreError::is_retryable, || {
-            self.store.put(&key, body.clone(), PutMode::Overwrite)
-        })
+        let staged_key = self.staging.as_ref().map(|s| format!("{s}/{key}"));
+        let upload_key = staged_key.as_deref().unwrap_or(&key);
+        let e_tag = retry(
+            upload_key,
+            &self.telemetry,
+            StoreError::is_retryable,
+            || self.store.put(upload_key, body.clone(), PutMode::Overwrite),
+        )
         .await?;
         self.telemetry
             .file_uploaded(&key, file.rows, size, started.elapsed());
@@ -138,6 +147,7 @@ impl Committer {
             file.partition,
             ManifestFile {
                 key,
+                staged_key,
                 rows: file.rows,
                 size,
                 e_tag,
@@ -161,9 +171,40 @@ impl Committer {
         Ok(outcome)
     }
 
-    /// Steps 3 and 4: one notification per file, then the markers. Failed
-    /// sends are retried with backoff until accepted or the process stops.
+    /// Bucket-notifications mode: copies staged files to their live keys and
+    /// removes the staged copies. Idempotent, so recovery can run it again.
+    async fn publish(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
+        for file in manifests.iter().flat_map(|m| &m.files) {
+            let Some(staged) = &file.staged_key else {
+                continue;
+            };
+            let copied = retry(&file.key, &self.telemetry, StoreError::is_retryable, || {
+                self.store.copy(staged, &file.key)
+            })
+            .await;
+            match copied {
+                Ok(_) => {}
+                // Published by an earlier attempt that then crashed.
+                Err(StoreError::NotFound(_)) if self.is_live(&file.key).await? => {}
+                Err(e) => return Err(e.into()),
+            }
+            retry(staged, &self.telemetry, StoreError::is_retryable, || {
+                self.store.delete(staged)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn is_live(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.store.list(key).await?.iter().any(|o| o.key == key))
+    }
+
+    /// Steps 3 and 4: (publish,) one notification per file, then the
+    /// markers. Failed sends are retried with backoff until accepted or the
+    /// process stops.
     pub async fn announce(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
+        self.publish(manifests).await?;
         let mut pending: Vec<FileNotification> = manifests
             .iter()
             .flat_map(|m| m.files.iter().map(move |f| self.notification(m, f)))

@@ -110,6 +110,16 @@ pub struct StorageConfig {
     /// How many files upload at once.
     #[serde(default = "default_upload_concurrency", deserialize_with = "de::usize")]
     pub upload_concurrency: usize,
+    /// For loaders that listen to the bucket's own event notifications
+    /// (Snowpipe AUTO_INGEST): upload under `staging_prefix` and copy into
+    /// the live prefix only after the manifest is written, so the live
+    /// prefix only ever holds committed files.
+    #[serde(default, deserialize_with = "de::bool")]
+    pub bucket_notifications: bool,
+    /// Where files wait for their commit in that mode (a key prefix in the
+    /// same bucket); defaults to `<prefix>/_sluice/staging`.
+    #[serde(default)]
+    pub staging_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +342,19 @@ impl Config {
         }
     }
 
+    /// Where files wait for their commit when `storage.bucket_notifications`
+    /// is on (`None` when off): a key prefix in the store.
+    pub fn staging_prefix(&self, prefix: &str) -> Option<String> {
+        if !self.storage.bucket_notifications {
+            return None;
+        }
+        Some(match &self.storage.staging_prefix {
+            Some(p) => p.trim_matches('/').to_owned(),
+            None if prefix.is_empty() => "_sluice/staging".to_owned(),
+            None => format!("{prefix}/_sluice/staging"),
+        })
+    }
+
     pub fn storage_url(&self) -> Result<StorageUrl, String> {
         parse_storage_url(&self.storage.url)
     }
@@ -425,6 +448,10 @@ mod de {
             Raw::Str(s) if s == "false" => Ok(Some(false)),
             _ => Err(D::Error::custom("expected `true` or `false`")),
         }
+    }
+
+    pub(super) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        opt_bool(d).map(|b| b.unwrap_or(false))
     }
 
     pub(super) fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -18,13 +18,14 @@ pub enum GcError {
     Store(#[from] StoreError),
 }
 
-/// Data files under `<prefix>/<event>/` that no manifest lists and that are
-/// older than `older_than`.
+/// Data files under `<prefix>/<event>/` (and the staging prefix, if any)
+/// that no manifest lists and that are older than `older_than`.
 pub async fn find_orphans(
     store: &dyn ObjectStore,
     manifests: &Manifests,
     prefix: &str,
     event: &str,
+    staging: Option<&str>,
     older_than: Duration,
 ) -> Result<Vec<ObjectMeta>, GcError> {
     // Listing data before manifests: a file committed in between is then
@@ -34,12 +35,16 @@ pub async fn find_orphans(
     } else {
         format!("{prefix}/{event}/")
     };
-    let data = store.list(&data_prefix).await?;
+    let mut data = store.list(&data_prefix).await?;
+    if let Some(staging) = staging {
+        data.extend(store.list(&format!("{staging}/")).await?);
+    }
     let listed: HashSet<String> = manifests
         .all()
         .await?
         .into_iter()
-        .flat_map(|m| m.files.into_iter().map(|f| f.key))
+        .flat_map(|m| m.files.into_iter())
+        .flat_map(|f| [Some(f.key), f.staged_key].into_iter().flatten())
         .collect();
     let cutoff = now_secs() - older_than.as_secs() as i64;
     Ok(data
@@ -90,6 +95,7 @@ mod tests {
         }
         let file = |key: &str| ManifestFile {
             key: key.into(),
+            staged_key: None,
             rows: 1,
             size: 1,
             e_tag: String::new(),
@@ -112,15 +118,22 @@ mod tests {
             })
             .await
             .unwrap();
-        let orphans = find_orphans(&*store, &manifests, "raw", "ev", Duration::ZERO)
+        let orphans = find_orphans(&*store, &manifests, "raw", "ev", None, Duration::ZERO)
             .await
             .unwrap();
         let keys: Vec<_> = orphans.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["raw/ev/dt=x/hr=00/t-0-1-2.parquet"]);
         // Young files are left alone.
-        let young = find_orphans(&*store, &manifests, "raw", "ev", Duration::from_secs(3600))
-            .await
-            .unwrap();
+        let young = find_orphans(
+            &*store,
+            &manifests,
+            "raw",
+            "ev",
+            None,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
         assert!(young.is_empty());
         delete(&*store, &orphans).await.unwrap();
         assert_eq!(store.list("raw/ev/").await.unwrap().len(), 1);

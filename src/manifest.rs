@@ -22,7 +22,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// One file a manifest makes visible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestFile {
+    /// Where loaders find the file.
     pub key: String,
+    /// Where it was uploaded, when that differs (bucket-notifications mode):
+    /// it is copied to `key` after the manifest is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_key: Option<String>,
     pub rows: u64,
     pub size: u64,
     pub e_tag: String,

@@ -37,11 +37,13 @@ pub(crate) fn execute(args: GcArgs) -> anyhow::Result<()> {
             &config.event.name,
             &config.kafka.topic,
         );
+        let staging = config.staging_prefix(&prefix);
         let orphans = gc::find_orphans(
             &*store,
             &manifests,
             &prefix,
             &config.event.name,
+            staging.as_deref(),
             args.older_than,
         )
         .await?;

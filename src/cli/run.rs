@@ -66,6 +66,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
     let buffers = Buffers::new(plan, writer::properties(&buffer::UNIQUE_COLUMNS), metadata);
+    let staging = config.staging_prefix(&prefix);
     let committer = Committer {
         store,
         manifests,
@@ -73,6 +74,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         event: config.event.name.clone(),
         topic: config.kafka.topic.clone(),
         notifier,
+        staging,
         concurrency: config.storage.upload_concurrency,
         telemetry: telemetry.clone(),
         stopping: stop.clone(),

@@ -122,6 +122,51 @@ mod crash_points {
         // a retry that batches the same offsets overwrites them in place.
     }
 
+    /// Bucket-notifications mode: files wait under the staging prefix until
+    /// their manifest exists, so the live prefix (what S3 event
+    /// notifications announce) never holds an uncommitted file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_mode_live_prefix_only_holds_committed_files() {
+        let staged = ("SLUICE_STORAGE__BUCKET_NOTIFICATIONS", "true");
+        let f = super::fixture(2).await;
+        let produced = f.produce(0..4_000).await;
+        let mut sink = f.sink("1s");
+        sink.start_with_env(&[staged, ("SLUICE_FAILPOINT", "after_upload:1")]);
+        assert!(!sink.wait_exit(Duration::from_secs(120)).success());
+        let live = format!("{}/order_placed", f.storage);
+        let staging = format!("{}/_sluice/staging", f.storage);
+        let crashed_live = crate::support::read_back(&live, None);
+        assert!(
+            crashed_live["files"].as_array().unwrap().is_empty(),
+            "{crashed_live}"
+        );
+        let crashed_staging = crate::support::read_back(&staging, None);
+        assert!(!crashed_staging["files"].as_array().unwrap().is_empty());
+
+        sink.start_with_env(&[staged]);
+        sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
+        assert!(sink.stop().success(), "{}", sink.logs());
+        let committed = f.read();
+        check_exactly_once(&committed, &produced, &reference_sample());
+        super::check_all_announced(&committed);
+        // What a bucket-notification loader would load: the live prefix.
+        let live = crate::support::read_back(&live, None);
+        let counts = crate::support::check_rows(&live, &produced, &reference_sample());
+        assert!(
+            counts.values().all(|&c| c == 1),
+            "live prefix holds duplicates"
+        );
+        assert_eq!(live["rows"].as_array().unwrap().len(), produced.len());
+        let staged_left = crate::support::read_back(&staging, None);
+        let staged_left = staged_left["files"].as_array().unwrap();
+        assert!(
+            staged_left.iter().all(|f| !committed["manifests"]
+                .to_string()
+                .contains(f["key"].as_str().unwrap())),
+            "published files are removed from staging"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn crash_after_upload() {
         crash_at(AFTER_UPLOAD).await;
