@@ -7,6 +7,7 @@
 //! Tokio runtime and the loop waits for them at each checkpoint.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -250,8 +251,17 @@ impl State {
             .collect()
     }
 
-    /// Writes, uploads, commits and announces everything buffered.
+    /// Writes, uploads, commits and announces everything buffered. The
+    /// partitions are paused meanwhile and the consumer keeps polling, so a
+    /// long upload never costs the group membership.
     fn checkpoint(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+        consumer.context().pause_all(consumer);
+        let result = self.checkpoint_paused(consumer);
+        consumer.context().resume_all(consumer);
+        result
+    }
+
+    fn checkpoint_paused(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
         let started = Instant::now();
         let files = self.buffers.finish_all()?;
         let ranges = self.ranges();
@@ -259,7 +269,7 @@ impl State {
             self.advise_kafka(consumer);
             return Ok(());
         }
-        let uploaded = self.runtime.block_on(self.committer.upload(files))?;
+        let uploaded = wait_polling(&self.runtime, consumer, self.committer.upload(files))?;
         failpoint::hit(failpoint::AFTER_UPLOAD);
         let committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (mut rows, mut bytes, mut count) = (0, 0, 0);
@@ -280,7 +290,7 @@ impl State {
                 committed_at: committed_at.clone(),
                 writer: self.writer_id.clone(),
             };
-            match self.runtime.block_on(self.committer.commit(&manifest))? {
+            match wait_polling(&self.runtime, consumer, self.committer.commit(&manifest))? {
                 CommitOutcome::Committed => {
                     failpoint::hit(failpoint::AFTER_MANIFEST);
                     if let Err(e) = self.checkpoint.try_apply(&[(partition, range)]) {
@@ -312,7 +322,7 @@ impl State {
             }
         }
         let outbox = std::mem::take(&mut self.outbox);
-        self.runtime.block_on(self.committer.announce(&outbox))?;
+        wait_polling(&self.runtime, consumer, self.committer.announce(&outbox))?;
         failpoint::hit(failpoint::AFTER_MARKERS);
         self.advise_kafka(consumer);
         failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
@@ -335,6 +345,39 @@ impl State {
         match source::commit_offsets(consumer, &self.topic, next.iter().copied()) {
             Ok(()) => self.advised.extend(next),
             Err(e) => self.telemetry.offsets_commit_failed(&e),
+        }
+    }
+}
+
+/// Runs `future` to completion on the runtime, polling the consumer (whose
+/// partitions are paused) every [`source::POLL_TIMEOUT`] so heartbeats and
+/// rebalances are served.
+fn wait_polling<T>(
+    runtime: &Handle,
+    consumer: &KafkaConsumer,
+    future: impl Future<Output = T>,
+) -> T {
+    let mut future = std::pin::pin!(future);
+    loop {
+        let step = runtime
+            .block_on(async { tokio::time::timeout(source::POLL_TIMEOUT, &mut future).await });
+        match step {
+            Ok(out) => return out,
+            Err(_) => {
+                if let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
+                    // Not expected while paused; hand the record back.
+                    let at = Offset::Offset(message.offset());
+                    let (topic, partition) = (message.topic().to_owned(), message.partition());
+                    drop(message);
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    let paused = consumer.pause(&tpl);
+                    let sought = consumer.seek(&topic, partition, at, Duration::from_secs(10));
+                    if let Err(e) = paused.and(sought) {
+                        warn!(partition, error = %e, "handing a record back during a checkpoint failed");
+                    }
+                }
+            }
         }
     }
 }

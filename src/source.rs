@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
@@ -60,6 +61,9 @@ pub struct SourceContext {
     manifests: Manifests,
     runtime: Handle,
     events: Arc<Mutex<Vec<Assignment>>>,
+    /// Set while a checkpoint runs: partitions assigned meanwhile start
+    /// paused, like the rest.
+    paused: AtomicBool,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -77,6 +81,28 @@ impl SourceContext {
             manifests,
             runtime,
             events: Arc::new(Mutex::new(Vec::new())),
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    /// Pauses every assigned partition (and those assigned until
+    /// [`SourceContext::resume_all`]): polls then serve heartbeats and
+    /// rebalances but deliver no records.
+    pub fn pause_all(&self, consumer: &KafkaConsumer) {
+        self.paused.store(true, Ordering::SeqCst);
+        if let Ok(assignment) = consumer.assignment()
+            && let Err(e) = consumer.pause(&assignment)
+        {
+            warn!(error = %e, "pausing partitions failed");
+        }
+    }
+
+    pub fn resume_all(&self, consumer: &KafkaConsumer) {
+        self.paused.store(false, Ordering::SeqCst);
+        if let Ok(assignment) = consumer.assignment()
+            && let Err(e) = consumer.resume(&assignment)
+        {
+            warn!(error = %e, "resuming partitions failed");
         }
     }
 
@@ -134,6 +160,11 @@ impl SourceContext {
         };
         if let Err(e) = assigned {
             warn!(error = %e, "partition assignment failed");
+        }
+        if self.paused.load(Ordering::SeqCst)
+            && let Err(e) = consumer.pause(tpl)
+        {
+            warn!(error = %e, "pausing new partitions failed");
         }
     }
 
