@@ -5,6 +5,7 @@
 
 #![allow(unreachable_pub)]
 
+mod broker;
 mod configs;
 mod exactly_once;
 mod pipeline;

@@ -100,8 +100,12 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 
 /// The group's committed offset per partition (-1 where none).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    committed_on(&brokers(), group, topic, partitions)
+}
+
+pub fn committed_on(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
         .unwrap();
