@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::manifest::{ManifestError, Manifests};
-use crate::store::{ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, StoreError, now_secs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -60,13 +60,6 @@ pub async fn delete(store: &dyn ObjectStore, orphans: &[ObjectMeta]) -> Result<(
         store.delete(&orphan.key).await?;
     }
     Ok(())
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

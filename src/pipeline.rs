@@ -83,10 +83,8 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: KafkaConsumer,
-        topic: String,
         buffers: Buffers,
         committer: Committer,
         runtime: Handle,
@@ -103,7 +101,7 @@ impl Pipeline {
         Pipeline {
             consumer,
             state: State {
-                topic,
+                topic: committer.topic.clone(),
                 writer_id,
                 buffers,
                 committer,

@@ -102,7 +102,8 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
     })
 }
 
-fn now_secs() -> i64 {
+/// Seconds since the Unix epoch, the unit of [`ObjectMeta::last_modified`].
+pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -88,7 +88,6 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     );
     Pipeline::new(
         consumer,
-        config.kafka.topic.clone(),
         buffers,
         committer,
         handle,

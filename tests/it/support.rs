@@ -258,8 +258,8 @@ listen = "127.0.0.1:{metrics_port}"
         child.wait().unwrap();
     }
 
-    /// Waits for the process to exit by itself (a crash point).
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    /// Waits for the process to exit (by itself at a crash point, or after
+    /// a signal).
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("not running");
         let deadline = Instant::now() + limit;
@@ -280,25 +280,8 @@ listen = "127.0.0.1:{metrics_port}"
 
     /// SIGTERM, then waits for the process to exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("not running");
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "sluice did not stop within 60s of SIGTERM; log:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
     }
 
     pub fn logs(&self) -> String {
