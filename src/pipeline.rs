@@ -288,6 +288,12 @@ impl State {
                 committed_at: committed_at.clone(),
                 writer: self.writer_id.clone(),
             };
+            if consumer.context().revoked_pending(partition) {
+                // Lost during this checkpoint: the new owner re-reads the
+                // range; what was uploaded for it stays an orphan.
+                self.telemetry.revoked_before_commit(partition);
+                continue;
+            }
             match wait_polling(&self.runtime, consumer, self.committer.commit(&manifest))? {
                 CommitOutcome::Committed => {
                     failpoint::hit(failpoint::AFTER_MANIFEST);

@@ -106,6 +106,16 @@ impl SourceContext {
         }
     }
 
+    /// Whether `partition` was revoked since the events were last taken:
+    /// its work must not be committed any more.
+    pub fn revoked_pending(&self, partition: i32) -> bool {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| matches!(e, Assignment::Revoked { partition: p } if *p == partition))
+    }
+
     /// Takes the queued ownership changes.
     pub fn take_events(&self) -> Vec<Assignment> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))

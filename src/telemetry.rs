@@ -115,6 +115,13 @@ impl Telemetry {
         warn!(what, attempt, error = %error, "store call failed, retrying");
     }
 
+    pub fn revoked_before_commit(&self, partition: i32) {
+        info!(
+            partition,
+            "partition revoked during the checkpoint; its range is left to the new owner"
+        );
+    }
+
     /// Another writer committed this partition's next range first.
     pub fn fenced(&self, partition: i32, other_writer: &str, other_to: i64) {
         warn!(

@@ -476,4 +476,16 @@ pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSam
             "announced file {key} is in no manifest"
         );
     }
+    let present: std::collections::HashSet<&str> = read["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    for key in &listed {
+        assert!(
+            present.contains(key.as_str()),
+            "committed file {key} is missing from the store"
+        );
+    }
 }
