@@ -34,9 +34,27 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Rows of the event: announced to loaders.
+    #[default]
+    Data,
+    /// Records that could not become rows: kept, never announced.
+    DeadLetters,
+}
+
+impl FileKind {
+    pub fn is_data(&self) -> bool {
+        *self == FileKind::Data
+    }
+}
+
 /// A file whose rows are all encoded, ready to upload.
 #[derive(Debug)]
 pub struct FinishedFile {
+    pub kind: FileKind,
     pub partition: i32,
     pub hour: i64,
     pub first_offset: i64,
@@ -280,6 +298,7 @@ impl OpenFile {
         footer.push(("sluice.last_offset", self.last_offset.to_string()));
         let bytes = self.writer.close(&footer)?;
         Ok(FinishedFile {
+            kind: FileKind::Data,
             partition,
             hour,
             first_offset: self.first_offset,

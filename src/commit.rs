@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::buffer::FinishedFile;
+use crate::buffer::{FileKind, FinishedFile};
 use crate::layout;
 use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Manifests};
 use crate::notify::{FileNotification, Notifier};
@@ -120,7 +120,11 @@ impl Committer {
     }
 
     async fn upload_one(&self, file: FinishedFile) -> Result<(i32, ManifestFile), CommitError> {
-        let key = layout::data_key(
+        let key_of = match file.kind {
+            FileKind::Data => layout::data_key,
+            FileKind::DeadLetters => layout::dead_letter_key,
+        };
+        let key = key_of(
             &self.prefix,
             &self.event,
             file.hour,
@@ -132,7 +136,10 @@ impl Committer {
         let size = file.bytes.len() as u64;
         let body = Bytes::from(file.bytes);
         let started = Instant::now();
-        let staged_key = self.staging.as_ref().map(|s| format!("{s}/{key}"));
+        let staged_key = match file.kind {
+            FileKind::Data => self.staging.as_ref().map(|s| format!("{s}/{key}")),
+            FileKind::DeadLetters => None,
+        };
         let upload_key = staged_key.as_deref().unwrap_or(&key);
         let e_tag = retry(
             upload_key,
@@ -148,6 +155,7 @@ impl Committer {
             ManifestFile {
                 key,
                 staged_key,
+                kind: file.kind,
                 rows: file.rows,
                 size,
                 e_tag,
@@ -207,7 +215,12 @@ impl Committer {
         self.publish(manifests).await?;
         let mut pending: Vec<FileNotification> = manifests
             .iter()
-            .flat_map(|m| m.files.iter().map(move |f| self.notification(m, f)))
+            .flat_map(|m| {
+                m.files
+                    .iter()
+                    .filter(|f| f.kind.is_data())
+                    .map(move |f| self.notification(m, f))
+            })
             .collect();
         let mut backoff = BACKOFF_START;
         let mut attempt = 1;

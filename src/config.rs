@@ -48,6 +48,9 @@ pub struct Config {
     /// Limits on what sluice keeps in memory.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// What happens to records that cannot become rows.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
     /// Where committed files are announced.
     #[serde(default)]
     pub notify: NotifyConfig,
@@ -157,6 +160,26 @@ impl Default for MemoryConfig {
             max_buffer_bytes: default_max_buffer_bytes(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `dead_letter` (default): keep the record with the reason under
+    /// `<prefix>/_dead_letters/`, committed with the good rows; `fail`: stop
+    /// the daemon with the reason (nothing after the last commit is
+    /// committed); `skip`: count it and go on.
+    #[serde(default)]
+    pub policy: ErrorPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorPolicy {
+    #[default]
+    DeadLetter,
+    Fail,
+    Skip,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -569,6 +592,9 @@ url = "s3://bucket/prefix"
             Some("http://localhost:4566/1/q")
         );
         assert_eq!(config.storage.force_path_style, Some(true));
+        assert_eq!(config.errors.policy, ErrorPolicy::DeadLetter);
+        let skip = parse(MINIMAL, &[("SLUICE_ERRORS__POLICY", "skip")]).unwrap();
+        assert_eq!(skip.errors.policy, ErrorPolicy::Skip);
         assert_eq!(config.memory.max_buffer_bytes, 64 << 20);
     }
 
@@ -612,6 +638,16 @@ url = "s3://bucket/prefix"
         assert!(e.contains("key `storage.url`: expected `s3://"), "{e}");
         let e = error(&MINIMAL.replace("s3://bucket/prefix", "s3://ab/y"), &[]);
         assert!(e.contains("at least 3 characters"), "{e}");
+    }
+
+    #[test]
+    fn unknown_error_policy_lists_the_choices() {
+        let e = error(MINIMAL, &[("SLUICE_ERRORS__POLICY", "ignore")]);
+        assert!(
+            e.starts_with("sinks/test.toml: key `errors.policy`: unknown variant `ignore`"),
+            "{e}"
+        );
+        assert!(e.contains("dead_letter"), "{e}");
     }
 
     #[test]

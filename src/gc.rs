@@ -36,6 +36,12 @@ pub async fn find_orphans(
         format!("{prefix}/{event}/")
     };
     let mut data = store.list(&data_prefix).await?;
+    let dead_letters = if prefix.is_empty() {
+        format!("_dead_letters/{event}/")
+    } else {
+        format!("{prefix}/_dead_letters/{event}/")
+    };
+    data.extend(store.list(&dead_letters).await?);
     if let Some(staging) = staging {
         data.extend(store.list(&format!("{staging}/")).await?);
     }
@@ -89,6 +95,7 @@ mod tests {
         let file = |key: &str| ManifestFile {
             key: key.into(),
             staged_key: None,
+            kind: Default::default(),
             rows: 1,
             size: 1,
             e_tag: String::new(),

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <prefix>/<event>/dt=YYYY-MM-DD/hr=HH/<topic>-<partition>-<first offset>-<last offset>.parquet
+//! <prefix>/_dead_letters/<event>/dt=YYYY-MM-DD/hr=HH/<topic>-<partition>-<first>-<last>.parquet
 //! <prefix>/_sluice/manifests/<event>/<topic>/p=<partition>/<first offset of range>.json
 //! <prefix>/_sluice/manifests/<event>/<topic>/p=<partition>/<first offset of range>.notified
 //! ```
@@ -50,6 +51,33 @@ pub fn data_key(
         sanitize(topic)
     );
     key
+}
+
+/// The key of a dead-letter file: like a data file's, under
+/// `<prefix>/_dead_letters/`.
+pub fn dead_letter_key(
+    prefix: &str,
+    event: &str,
+    hour: i64,
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+) -> String {
+    let under = if prefix.is_empty() {
+        "_dead_letters".to_owned()
+    } else {
+        format!("{prefix}/_dead_letters")
+    };
+    data_key(
+        &under,
+        event,
+        hour,
+        topic,
+        partition,
+        first_offset,
+        last_offset,
+    )
 }
 
 /// Where all manifests of a sink live.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::buffer::FileKind;
 use crate::checkpoint::Range;
 use crate::layout;
 use crate::store::{ObjectStore, PutMode, StoreError};
@@ -28,6 +29,9 @@ pub struct ManifestFile {
     /// it is copied to `key` after the manifest is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_key: Option<String>,
+    /// Event rows (`data`, announced) or `dead_letters` (kept, not announced).
+    #[serde(default, skip_serializing_if = "FileKind::is_data")]
+    pub kind: FileKind,
     pub rows: u64,
     pub size: u64,
     pub e_tag: String,

@@ -21,6 +21,8 @@ use tracing::{error, info, warn};
 use crate::buffer::{BufferError, Buffers, Record};
 use crate::checkpoint::{Checkpoint, Range};
 use crate::commit::{CommitError, Committer};
+use crate::config::ErrorPolicy;
+use crate::dlq::{DeadLetter, DeadLetters};
 use crate::envelope::Envelope;
 use crate::failpoint;
 use crate::manifest::{CommitOutcome, FORMAT_VERSION, Manifest, ManifestFile};
@@ -35,6 +37,14 @@ pub enum RunError {
     Write(#[from] crate::writer::WriteError),
     #[error("cannot read the progress of partition {partition} from the store: {error}")]
     Recovery { partition: i32, error: String },
+    #[error(
+        "record at partition {partition} offset {offset} cannot become a row ({error}); errors.policy is `fail`"
+    )]
+    Rejected {
+        partition: i32,
+        offset: i64,
+        error: String,
+    },
 }
 
 /// How often the loop publishes gauges and counts.
@@ -59,6 +69,8 @@ struct State {
     topic: String,
     writer_id: String,
     buffers: Buffers,
+    dead_letters: DeadLetters,
+    error_policy: ErrorPolicy,
     committer: Committer,
     runtime: Handle,
     telemetry: Telemetry,
@@ -83,9 +95,12 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: KafkaConsumer,
         buffers: Buffers,
+        dead_letters: DeadLetters,
+        error_policy: ErrorPolicy,
         committer: Committer,
         runtime: Handle,
         telemetry: Telemetry,
@@ -104,6 +119,8 @@ impl Pipeline {
                 topic: committer.topic.clone(),
                 writer_id,
                 buffers,
+                dead_letters,
+                error_policy,
                 committer,
                 runtime,
                 telemetry,
@@ -140,10 +157,10 @@ impl Pipeline {
             let now = Instant::now();
             if now >= next_publish {
                 state.telemetry.consumed(std::mem::take(&mut consumed));
-                state.telemetry.buffered(state.buffers.buffered_bytes());
+                state.telemetry.buffered(state.buffered_bytes());
                 next_publish = now + PUBLISH_EVERY;
             }
-            if now >= next_checkpoint || state.buffers.buffered_bytes() >= state.max_buffer_bytes {
+            if now >= next_checkpoint || state.buffered_bytes() >= state.max_buffer_bytes {
                 state.checkpoint(&consumer)?;
                 next_checkpoint = Instant::now() + state.checkpoint_interval;
             }
@@ -157,6 +174,10 @@ impl Pipeline {
 }
 
 impl State {
+    fn buffered_bytes(&self) -> usize {
+        self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes()
+    }
+
     /// Acts on partitions assigned or revoked during the last poll.
     fn apply_assignments(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
         for event in consumer.context().take_events() {
@@ -177,6 +198,7 @@ impl State {
                     self.owned.remove(&partition);
                     self.checkpoint.forget(partition);
                     self.buffers.drop_partition(partition);
+                    self.dead_letters.drop_partition(partition);
                     self.outbox.retain(|m| m.partition != partition);
                 }
                 Assignment::Failed { partition, error } => {
@@ -226,10 +248,42 @@ impl State {
                 }
             }
         };
-        if let Err((reason, error)) = outcome {
-            progress.skipped += 1;
-            self.telemetry
-                .record_failed(partition, offset, reason, &error);
+        let Err((reason, error)) = outcome else {
+            return Ok(());
+        };
+        match self.error_policy {
+            ErrorPolicy::DeadLetter => {
+                let headers: Vec<(&str, Option<&[u8]>)> = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value))
+                    .collect();
+                self.dead_letters.push(&DeadLetter {
+                    partition,
+                    offset,
+                    kafka_timestamp_ms,
+                    key: message.key(),
+                    value: message.payload(),
+                    headers: &headers,
+                    stage: reason.label(),
+                    reason: &error,
+                });
+                self.telemetry
+                    .record_dead_lettered(partition, offset, reason, &error);
+            }
+            ErrorPolicy::Skip => {
+                progress.skipped += 1;
+                self.telemetry
+                    .record_skipped(partition, offset, reason, &error);
+            }
+            ErrorPolicy::Fail => {
+                return Err(RunError::Rejected {
+                    partition,
+                    offset,
+                    error,
+                });
+            }
         }
         Ok(())
     }
@@ -261,7 +315,8 @@ impl State {
 
     fn checkpoint_paused(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
         let started = Instant::now();
-        let files = self.buffers.finish_all()?;
+        let mut files = self.buffers.finish_all()?;
+        files.extend(self.dead_letters.finish_all()?);
         let ranges = self.ranges();
         if ranges.is_empty() && self.outbox.is_empty() {
             self.advise_kafka(consumer);
@@ -332,7 +387,7 @@ impl State {
         failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
         self.telemetry
             .checkpoint_done(count, rows, bytes, started.elapsed());
-        self.telemetry.buffered(self.buffers.buffered_bytes());
+        self.telemetry.buffered(self.buffered_bytes());
         Ok(())
     }
 

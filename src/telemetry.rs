@@ -35,7 +35,7 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             FailReason::Envelope => "envelope",
             FailReason::Decode => "decode",
@@ -84,15 +84,33 @@ impl Telemetry {
         self.consumed.increment(records);
     }
 
-    pub fn record_failed(
+    pub fn record_dead_lettered(
         &self,
         partition: i32,
         offset: i64,
         reason: FailReason,
-        error: &dyn std::fmt::Display,
+        error: &str,
     ) {
-        warn!(partition, offset, reason = reason.label(), error = %error, "record skipped");
-        counter!("sluice_records_failed_total", "event" => self.event.clone(), "reason" => reason.label())
+        warn!(
+            partition,
+            offset,
+            reason = reason.label(),
+            error,
+            "record dead-lettered"
+        );
+        counter!("sluice_records_dead_lettered_total", "event" => self.event.clone(), "reason" => reason.label())
+            .increment(1);
+    }
+
+    pub fn record_skipped(&self, partition: i32, offset: i64, reason: FailReason, error: &str) {
+        warn!(
+            partition,
+            offset,
+            reason = reason.label(),
+            error,
+            "record skipped"
+        );
+        counter!("sluice_records_skipped_total", "event" => self.event.clone(), "reason" => reason.label())
             .increment(1);
     }
 

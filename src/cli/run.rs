@@ -9,6 +9,7 @@ use tracing::info;
 use crate::buffer::{self, Buffers};
 use crate::commit::Committer;
 use crate::config::Config;
+use crate::dlq::DeadLetters;
 use crate::manifest::Manifests;
 use crate::pipeline::{self, Pipeline};
 use crate::schema::{LocalRegistry, MessagePlan};
@@ -65,6 +66,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.topic", config.kafka.topic.clone()),
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
+    let dead_letters = DeadLetters::new(writer::properties(&[]), metadata.clone());
     let buffers = Buffers::new(plan, writer::properties(&buffer::UNIQUE_COLUMNS), metadata);
     let staging = config.staging_prefix(&prefix);
     let committer = Committer {
@@ -89,6 +91,8 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     Pipeline::new(
         consumer,
         buffers,
+        dead_letters,
+        config.errors.policy,
         committer,
         handle,
         telemetry,

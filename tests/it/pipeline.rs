@@ -180,7 +180,7 @@ async fn send_raw(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_records_are_counted_and_the_rest_land() {
+async fn undecodable_records_become_dead_letters_and_the_rest_land() {
     let topic = support::unique("orders");
     let dir = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", dir.path().display());
@@ -194,17 +194,30 @@ async fn undecodable_records_are_counted_and_the_rest_land() {
         .unwrap();
     let mut good = Vec::new();
     let truncated = sample.encode(1);
-    let bad: [(&[u8], Headers<'_>); 4] = [
-        (b"\xff\xff\xff\xff not protobuf", vec![]),
+    let bad: [(&[u8], Headers<'_>, &str, &str); 4] = [
+        (
+            b"\xff\xff\xff\xff not protobuf",
+            vec![],
+            "decode",
+            "unsupported wire type 7",
+        ),
         (
             &truncated[..truncated.len() - 5],
             vec![("content-type", b"application/protobuf")],
+            "decode",
+            "payload is truncated",
         ),
-        (b"{}", vec![("content-type", b"application/json")]),
-        (b"", vec![("ce_time", b"yesterday")]),
+        (
+            b"{}",
+            vec![("content-type", b"application/json")],
+            "envelope",
+            "content-type",
+        ),
+        (b"", vec![("ce_time", b"yesterday")], "envelope", "ce_time"),
     ];
     let mut offset = 0i64;
-    for (i, (payload, headers)) in bad.iter().enumerate() {
+    let mut bad_offsets = Vec::new();
+    for (i, (payload, headers, _, _)) in bad.iter().enumerate() {
         for seq in (i as u64 * 10)..(i as u64 * 10 + 10) {
             let headers_owned = sample.headers(seq);
             let h: Vec<(&str, &[u8])> = headers_owned
@@ -220,6 +233,7 @@ async fn undecodable_records_are_counted_and_the_rest_land() {
             offset += 1;
         }
         send_raw(&producer, &topic, payload, headers).await;
+        bad_offsets.push(offset);
         offset += 1;
     }
     let mut sink = Sink::new(SinkSpec {
@@ -241,24 +255,93 @@ async fn undecodable_records_are_counted_and_the_rest_land() {
         },
     );
     let metrics = sink.metrics();
-    let failed = |reason: &str| {
+    let dead = |reason: &str| {
         metrics
             .iter()
             .filter(|(k, _)| {
-                k.starts_with("sluice_records_failed_total")
+                k.starts_with("sluice_records_dead_lettered_total")
                     && k.contains(&format!("reason=\"{reason}\""))
             })
             .map(|(_, v)| *v)
             .sum::<f64>()
     };
-    assert_eq!(failed("decode"), 2.0, "{metrics:?}");
-    assert_eq!(failed("envelope"), 2.0, "{metrics:?}");
+    assert_eq!(dead("decode"), 2.0, "{metrics:?}");
+    assert_eq!(dead("envelope"), 2.0, "{metrics:?}");
     assert!(sink.stop().success());
     let logs = sink.logs();
-    assert!(logs.contains("record skipped"), "{logs}");
+    assert!(logs.contains("record dead-lettered"), "{logs}");
     assert!(logs.contains("offset=10"), "log names the offset: {logs}");
 
-    let read = support::read_back(&storage, None);
+    let read = support::read_back_committed(&storage, None);
     let counts = check_rows(&read, &good, &sample);
     assert_eq!(counts.len(), good.len());
+    // Each bad record is one dead-letter row with its reason and its bytes.
+    let letters = read["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), bad.len(), "{letters:?}");
+    for ((payload, headers, stage, reason), at) in bad.iter().zip(&bad_offsets) {
+        let row = letters
+            .iter()
+            .find(|r| r[1] == *at)
+            .unwrap_or_else(|| panic!("no dead letter for offset {at}: {letters:?}"));
+        assert_eq!(row[2], *stage);
+        assert!(row[3].as_str().unwrap().contains(reason), "{row}");
+        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(row[4], hex.as_str());
+        assert_eq!(row[5].as_array().unwrap().len(), headers.len());
+    }
+    // One manifest range covers good rows and dead letters alike.
+    let covered: i64 = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["range"]["to"].as_i64().unwrap() - m["range"]["from"].as_i64().unwrap())
+        .sum();
+    assert_eq!(covered, offset);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
+    let topic = support::unique("orders");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let good = sample::produce(&support::brokers(), &topic, 1, &sample, 0..50)
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .create()
+        .unwrap();
+    send_raw(&producer, &topic, b"\xff\xff", &[]).await;
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "1s",
+    });
+    sink.start_with_env(&[("SLUICE_ERRORS__POLICY", "fail")]);
+    let status = sink.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let logs = sink.logs();
+    assert!(
+        logs.contains("record at partition 0 offset 50 cannot become a row"),
+        "{logs}"
+    );
+    let read = support::read_back_committed(&storage, None);
+    assert!(read["dead_letters"].as_array().unwrap().is_empty());
+    let to = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["range"]["to"].as_i64().unwrap())
+        .max()
+        .unwrap_or(-1);
+    assert!(
+        to < 50,
+        "the bad record must not be committed (committed up to {to})"
+    );
+    assert!(read["rows"].as_array().unwrap().len() <= good.len());
 }

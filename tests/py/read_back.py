@@ -7,6 +7,7 @@ usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL]
 Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...],
 "manifests": [...], "orphans": [...]}. With --committed only the files that a
 manifest lists are read (what loaders may see); the rest are orphans.
+Dead letters are [partition, offset, stage, reason, value hex, headers].
 Rows are [partition, offset, order_id, customer_id, total_cents,
 payment_method, promo_code, placed_at_us, latitude, is_first_order,
 event_id, event_time_us] when the files hold the reference event.
@@ -72,7 +73,8 @@ def main():
     parser.add_argument("--queue")
     parser.add_argument("--committed", action="store_true")
     args = parser.parse_args()
-    out = {"files": [], "rows": [], "messages": [], "manifests": [], "orphans": []}
+    out = {"files": [], "rows": [], "messages": [], "manifests": [], "orphans": [],
+           "dead_letters": []}
     everything = list(objects(args.url))
     prefix = args.url[5:].partition("/")[2] if args.url.startswith("s3://") else ""
     for key, body in everything:
@@ -96,6 +98,13 @@ def main():
                          if k.decode().startswith("sluice.")},
             "columns": table.column_names,
         })
+        if "reason" in table.column_names:
+            for row in zip(*[table.column(c).to_pylist() for c in
+                             ["_kafka_partition", "_kafka_offset", "stage", "reason", "value", "headers"]]):
+                row = list(row)
+                row[4] = row[4].hex() if row[4] is not None else None
+                row[5] = [[h["key"], h["value"].hex() if h["value"] is not None else None] for h in row[5] or []]
+                out["dead_letters"].append(row)
         if args.rows and all(c in table.column_names for c in REFERENCE):
             cols = [table.column(c).to_pylist() for c in REFERENCE]
             for row in zip(*cols):
