@@ -74,6 +74,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("envelope_decode_parquet_zstd", |b| {
         b.iter(|| {
             let mut buffers = Buffers::new(
+                descriptor.clone(),
                 plan.clone(),
                 sluice::writer::properties(&sluice::buffer::UNIQUE_COLUMNS),
                 Vec::new(),

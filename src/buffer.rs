@@ -12,8 +12,10 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::file::properties::WriterProperties;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Encoding, Envelope};
 use crate::layout;
 use crate::schema::{Column, DecodeError, Decoder, MessagePlan, UTC};
 use crate::writer::{FileWriter, WriteError};
@@ -101,6 +103,10 @@ pub struct Buffers {
     schema: SchemaRef,
     properties: WriterProperties,
     decoder: Decoder,
+    /// The payload message, for JSON payloads (converted to Protobuf first).
+    descriptor: MessageDescriptor,
+    /// Reused buffer for JSON payloads converted to Protobuf.
+    json_scratch: Vec<u8>,
     files: HashMap<(i32, i64), OpenFile>,
     metadata: Vec<(&'static str, String)>,
     /// Estimated bytes held by all open files.
@@ -124,6 +130,7 @@ struct OpenFile {
 impl Buffers {
     /// `metadata` goes into every file's footer (event, topic, version).
     pub fn new(
+        descriptor: MessageDescriptor,
         plan: Arc<MessagePlan>,
         properties: WriterProperties,
         metadata: Vec<(&'static str, String)>,
@@ -135,6 +142,8 @@ impl Buffers {
             schema: Arc::new(Schema::new(fields)),
             properties,
             decoder: Decoder::new(),
+            descriptor,
+            json_scratch: Vec::new(),
             files: HashMap::new(),
             metadata,
             buffered_bytes: 0,
@@ -166,12 +175,16 @@ impl Buffers {
                 record,
             )?),
         };
+        let payload = match record.envelope.encoding {
+            Encoding::Protobuf => record.payload,
+            Encoding::Json => {
+                json_to_protobuf(&self.descriptor, record.payload, &mut self.json_scratch)?;
+                &self.json_scratch
+            }
+        };
         let payload_columns = self.plan.fields.len();
-        self.decoder.decode(
-            &self.plan,
-            record.payload,
-            &mut file.columns[..payload_columns],
-        )?;
+        self.decoder
+            .decode(&self.plan, payload, &mut file.columns[..payload_columns])?;
         file.append_envelope(payload_columns, record);
         let added = record.payload.len() + ROW_OVERHEAD;
         file.pending_bytes += added;
@@ -207,6 +220,23 @@ impl Buffers {
         finished.sort_by_key(|f| (f.partition, f.hour));
         Ok(finished)
     }
+}
+
+/// The canonical Protobuf JSON mapping, validated against the schema
+/// (unknown fields are errors), re-encoded as Protobuf into `out`.
+fn json_to_protobuf(
+    descriptor: &MessageDescriptor,
+    json: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let message = DynamicMessage::deserialize(descriptor.clone(), &mut deserializer)
+        .and_then(|m| deserializer.end().map(|()| m))
+        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    out.clear();
+    message
+        .encode(out)
+        .map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 impl OpenFile {

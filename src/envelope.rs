@@ -14,6 +14,19 @@ pub struct Envelope<'a> {
     /// Event time in µs since the Unix epoch: `ce_time`, else the Kafka
     /// timestamp, else the time sluice read the record.
     pub time_micros: i64,
+    /// How the payload is encoded, from `content-type` (Protobuf when absent).
+    pub encoding: Encoding,
+}
+
+/// Payload encodings sluice reads, both against the same Protobuf schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// Protobuf binary (`application/protobuf`, `application/x-protobuf`).
+    #[default]
+    Protobuf,
+    /// The canonical Protobuf JSON mapping (`application/json`), as mobile
+    /// and web clients send.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +35,9 @@ pub enum EnvelopeError {
     NotUtf8(&'static str),
     #[error("header `ce_time` is not an RFC 3339 timestamp: {0:?}")]
     BadTime(String),
-    #[error("content-type {0:?} is not supported (expected application/protobuf)")]
+    #[error(
+        "content-type {0:?} is not supported (expected application/protobuf or application/json)"
+    )]
     UnsupportedContentType(String),
 }
 
@@ -37,6 +52,7 @@ impl<'a> Envelope<'a> {
             id: None,
             source: None,
             time_micros: 0,
+            encoding: Encoding::Protobuf,
         };
         let mut time = None;
         for (key, value) in headers {
@@ -45,7 +61,7 @@ impl<'a> Envelope<'a> {
                 "ce_id" => envelope.id = Some(utf8("ce_id", value)?),
                 "ce_source" => envelope.source = Some(utf8("ce_source", value)?),
                 "ce_time" => time = Some(parse_time(utf8("ce_time", value)?)?),
-                "content-type" => check_content_type(utf8("content-type", value)?)?,
+                "content-type" => envelope.encoding = encoding(utf8("content-type", value)?)?,
                 _ => {}
             }
         }
@@ -68,12 +84,13 @@ fn parse_time(text: &str) -> Result<i64, EnvelopeError> {
         .map_err(|_| EnvelopeError::BadTime(text.to_owned()))
 }
 
-fn check_content_type(value: &str) -> Result<(), EnvelopeError> {
+fn encoding(value: &str) -> Result<Encoding, EnvelopeError> {
     let media = value.split(';').next().unwrap_or("").trim();
-    if media.eq_ignore_ascii_case("application/protobuf")
-        || media.eq_ignore_ascii_case("application/x-protobuf")
-    {
-        Ok(())
+    let is = |name: &str| media.eq_ignore_ascii_case(name);
+    if is("application/protobuf") || is("application/x-protobuf") {
+        Ok(Encoding::Protobuf)
+    } else if is("application/json") {
+        Ok(Encoding::Json)
     } else {
         Err(EnvelopeError::UnsupportedContentType(value.to_owned()))
     }
@@ -135,8 +152,10 @@ mod tests {
             Err(EnvelopeError::BadTime("yesterday".into()))
         );
         let json: &[(&str, &[u8])] = &[("content-type", b"application/json")];
+        assert_eq!(parse(json, None).unwrap().encoding, Encoding::Json);
+        let avro: &[(&str, &[u8])] = &[("content-type", b"avro/binary")];
         assert!(matches!(
-            parse(json, None),
+            parse(avro, None),
             Err(EnvelopeError::UnsupportedContentType(_))
         ));
         let not_utf8: &[(&str, &[u8])] = &[("ce_id", &[0xff, 0xfe])];

@@ -85,6 +85,15 @@ impl OrderSample {
 
     /// The encoded payload of event `seq`.
     pub fn encode(&self, seq: u64) -> Vec<u8> {
+        self.message(seq).encode_to_vec()
+    }
+
+    /// Event `seq` in the canonical Protobuf JSON mapping.
+    pub fn encode_json(&self, seq: u64) -> Vec<u8> {
+        serde_json::to_vec(&self.message(seq)).unwrap_or_default()
+    }
+
+    fn message(&self, seq: u64) -> DynamicMessage {
         let f = self.fields(seq);
         let mut m = DynamicMessage::new(self.descriptor.clone());
         let mut set = |name: &str, value: Value| m.set_field_by_name(name, value);
@@ -138,7 +147,7 @@ impl OrderSample {
         set("distance_km", Value::F32(3.25));
         let address = format!("{} Hauptstraße, 10115 {}", 1 + f.store_id % 200, f.city);
         set("delivery_address", Value::String(address));
-        m.encode_to_vec()
+        m
     }
 
     /// CloudEvents binary-mode headers for event `seq` (key, value).

@@ -41,7 +41,8 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
 
     let schema_dir = config.schema_dir().map_err(anyhow::Error::msg)?;
     let registry = LocalRegistry::open(&schema_dir)?;
-    let plan = Arc::new(MessagePlan::new(&registry.message(&config.event.message)?)?);
+    let descriptor = registry.message(&config.event.message)?;
+    let plan = Arc::new(MessagePlan::new(&descriptor)?);
 
     let (store, prefix) = runtime.block_on(store::from_config(&config))?;
     let notifier = runtime.block_on(notify::from_config(config.notify.queue_url.as_deref()));
@@ -67,7 +68,12 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
     let dead_letters = DeadLetters::new(writer::properties(&[]), metadata.clone());
-    let buffers = Buffers::new(plan, writer::properties(&buffer::UNIQUE_COLUMNS), metadata);
+    let buffers = Buffers::new(
+        descriptor,
+        plan,
+        writer::properties(&buffer::UNIQUE_COLUMNS),
+        metadata,
+    );
     let staging = config.staging_prefix(&prefix);
     let committer = Committer {
         store,

@@ -36,6 +36,8 @@ pub enum DecodeError {
     InvalidUtf8(String),
     #[error("message nesting deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("JSON payload does not match the schema: {0}")]
+    Json(String),
 }
 
 /// A wire type as shown in errors.

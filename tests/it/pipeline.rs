@@ -194,7 +194,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
         .unwrap();
     let mut good = Vec::new();
     let truncated = sample.encode(1);
-    let bad: [(&[u8], Headers<'_>, &str, &str); 4] = [
+    let bad: [(&[u8], Headers<'_>, &str, &str); 5] = [
         (
             b"\xff\xff\xff\xff not protobuf",
             vec![],
@@ -208,8 +208,14 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
             "payload is truncated",
         ),
         (
-            b"{}",
+            br#"{"totalCents": "lots"}"#,
             vec![("content-type", b"application/json")],
+            "decode",
+            "JSON payload does not match the schema",
+        ),
+        (
+            b"{}",
+            vec![("content-type", b"avro/binary")],
             "envelope",
             "content-type",
         ),
@@ -219,12 +225,22 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
     let mut bad_offsets = Vec::new();
     for (i, (payload, headers, _, _)) in bad.iter().enumerate() {
         for seq in (i as u64 * 10)..(i as u64 * 10 + 10) {
+            // Every other good record arrives as JSON (mobile and web clients).
+            let json = seq % 2 == 1;
             let headers_owned = sample.headers(seq);
             let h: Vec<(&str, &[u8])> = headers_owned
                 .iter()
-                .map(|(k, v)| (*k, v.as_bytes()))
+                .map(|(k, v)| match (*k, json) {
+                    ("content-type", true) => (*k, b"application/json".as_slice()),
+                    _ => (*k, v.as_bytes()),
+                })
                 .collect();
-            send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+            let payload = if json {
+                sample.encode_json(seq)
+            } else {
+                sample.encode(seq)
+            };
+            send_raw(&producer, &topic, &payload, &h).await;
             good.push(Produced {
                 seq,
                 partition: 0,
@@ -265,7 +281,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
             .map(|(_, v)| *v)
             .sum::<f64>()
     };
-    assert_eq!(dead("decode"), 2.0, "{metrics:?}");
+    assert_eq!(dead("decode"), 3.0, "{metrics:?}");
     assert_eq!(dead("envelope"), 2.0, "{metrics:?}");
     assert!(sink.stop().success());
     let logs = sink.logs();
