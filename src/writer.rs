@@ -75,3 +75,45 @@ impl FileWriter {
         Ok(self.inner.into_inner()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, DurationMicrosecondArray, RecordBatch};
+    use arrow::datatypes::{DataType, DurationMicrosecondType, Field, Schema, TimeUnit};
+    use bytes::Bytes;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    #[test]
+    fn durations_and_footer_metadata_round_trip() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "d",
+            DataType::Duration(TimeUnit::Microsecond),
+            true,
+        )]));
+        let column = DurationMicrosecondArray::from(vec![Some(90_500_000), None]);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap();
+        let mut writer = FileWriter::new(schema.clone(), properties(&["d"])).unwrap();
+        writer.write(&batch).unwrap();
+        let bytes = writer.close(&[("sluice.event", "e".to_owned())]).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap();
+        let footer = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .clone();
+        assert!(
+            footer
+                .iter()
+                .any(|kv| kv.key == "sluice.event" && kv.value.as_deref() == Some("e"))
+        );
+        let read: Vec<_> = builder.build().unwrap().collect::<Result<_, _>>().unwrap();
+        let d = read[0].column(0).as_primitive::<DurationMicrosecondType>();
+        assert_eq!(d.value(0), 90_500_000);
+        assert!(d.is_null(1));
+    }
+}

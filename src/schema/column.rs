@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, ListArray, NullBufferBuilder, StringArray, StructArray,
-    TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, DurationMicrosecondBuilder,
+    Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListArray, NullBufferBuilder,
+    StringArray, StructArray, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, FieldRef, Fields, TimeUnit};
@@ -32,6 +32,7 @@ pub enum Column {
     Str(BinaryBuilder),
     Bin(BinaryBuilder),
     Ts(TimestampMicrosecondBuilder),
+    Dur(DurationMicrosecondBuilder),
     Struct(StructColumn),
     List(ListColumn),
 }
@@ -68,6 +69,9 @@ impl Column {
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
                 Column::Ts(TimestampMicrosecondBuilder::new().with_timezone(UTC))
             }
+            DataType::Duration(TimeUnit::Microsecond) => {
+                Column::Dur(DurationMicrosecondBuilder::new())
+            }
             DataType::Struct(fields) => Column::Struct(StructColumn {
                 fields: fields.clone(),
                 children: fields
@@ -97,6 +101,7 @@ impl Column {
             Column::Str(b) => b.append_null(),
             Column::Bin(b) => b.append_null(),
             Column::Ts(b) => b.append_null(),
+            Column::Dur(b) => b.append_null(),
             Column::Struct(s) => {
                 for child in &mut s.children {
                     child.append_null();
@@ -129,6 +134,7 @@ impl Column {
             }
             Column::Bin(b) => Arc::new(b.finish()),
             Column::Ts(b) => Arc::new(b.finish()),
+            Column::Dur(b) => Arc::new(b.finish()),
             Column::Struct(s) => {
                 let len = s.nulls.len();
                 let arrays = s.children.iter_mut().map(Column::finish).collect();
@@ -165,6 +171,7 @@ impl Column {
             Column::Str(b) => b.values_slice().len() + b.offsets_slice().len() * 4,
             Column::Bin(b) => b.values_slice().len() + b.offsets_slice().len() * 4,
             Column::Ts(b) => b.values_slice().len() * 8,
+            Column::Dur(b) => b.values_slice().len() * 8,
             Column::Struct(s) => s.children.iter().map(Column::buffered_bytes).sum(),
             Column::List(l) => l.offsets.len() * 4 + l.child.buffered_bytes(),
         }
@@ -197,6 +204,7 @@ impl ListColumn {
             Column::Str(b) => b.len(),
             Column::Bin(b) => b.len(),
             Column::Ts(b) => b.len(),
+            Column::Dur(b) => b.len(),
             Column::Struct(s) => s.nulls.len(),
             Column::List(l) => l.offsets.len() - 1,
         }

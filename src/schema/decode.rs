@@ -14,6 +14,8 @@
 
 use std::io::Write as _;
 
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+
 use super::column::Column;
 use super::plan::{FieldKind, FieldPlan, MAX_DEPTH, MessagePlan, WireType};
 
@@ -38,6 +40,12 @@ pub enum DecodeError {
     TooDeep,
     #[error("JSON payload does not match the schema: {0}")]
     Json(String),
+    #[error("field `{field}` is not a valid {message}: {error}")]
+    WellKnown {
+        field: String,
+        message: String,
+        error: String,
+    },
 }
 
 /// A wire type as shown in errors.
@@ -79,12 +87,22 @@ enum Value {
     Message {
         end: u32,
     },
+    /// A message written as JSON: index into the record's JSON strings.
+    Json(u32),
+}
+
+/// What pass one records for one payload.
+#[derive(Debug, Default)]
+struct Scratch {
+    entries: Vec<Entry>,
+    /// Canonical JSON of `Struct`/`Value`/`ListValue`/`Any` fields.
+    json: Vec<String>,
 }
 
 /// Decodes payloads of one message type into that message's columns.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    entries: Vec<Entry>,
+    scratch: Scratch,
     slots: Vec<u32>,
 }
 
@@ -104,15 +122,18 @@ impl Decoder {
         if payload.len() > u32::MAX as usize {
             return Err(DecodeError::Truncated);
         }
-        self.entries.clear();
-        parse(plan, payload, 0, payload.len(), &mut self.entries, 0)?;
-        let end = self.entries.len();
-        append_level(
+        self.scratch.entries.clear();
+        self.scratch.json.clear();
+        parse(plan, payload, 0, payload.len(), &mut self.scratch, 0)?;
+        let pass = Pass2 {
+            buf: payload,
+            entries: &self.scratch.entries,
+            json: &self.scratch.json,
+        };
+        pass.append_level(
             plan,
-            payload,
-            &self.entries,
             0,
-            end,
+            self.scratch.entries.len(),
             columns,
             &mut self.slots,
         );
@@ -126,7 +147,7 @@ fn parse(
     buf: &[u8],
     start: usize,
     end: usize,
-    entries: &mut Vec<Entry>,
+    scratch: &mut Scratch,
     depth: usize,
 ) -> Result<(), DecodeError> {
     if depth >= MAX_DEPTH {
@@ -146,8 +167,7 @@ fn parse(
             5 => WireType::I32,
             other => return Err(DecodeError::BadWireType(other as u8)),
         };
-        let index = plan.find(number);
-        let field = match index {
+        let field = match plan.find(number) {
             Some(i) => {
                 let f = &plan.fields[i];
                 if !f.accepts(wire) {
@@ -174,48 +194,62 @@ fn parse(
                     .ok_or(DecodeError::Truncated)?;
                 pos = to;
                 if let Some((i, f)) = field {
-                    parse_len(i, f, buf, from, to, entries, depth)?;
+                    parse_len(i, f, buf, from, to, scratch, depth)?;
                 }
                 continue;
             }
         };
         if let Some((i, _)) = field {
-            entries.push(Entry { field: i, value });
+            scratch.entries.push(Entry { field: i, value });
         }
     }
     Ok(())
 }
 
-/// A length-delimited value of a known field: nested message, string, bytes
-/// or packed scalars.
+/// A length-delimited value of a known field: nested message, string, bytes,
+/// a well-known type or packed scalars.
 fn parse_len(
     index: u32,
     field: &FieldPlan,
     buf: &[u8],
     from: usize,
     to: usize,
-    entries: &mut Vec<Entry>,
+    scratch: &mut Scratch,
     depth: usize,
 ) -> Result<(), DecodeError> {
-    match &field.kind {
-        FieldKind::Message(sub) | FieldKind::Timestamp(sub) => {
-            let at = entries.len();
-            entries.push(Entry {
+    let value = match &field.kind {
+        FieldKind::Message(sub)
+        | FieldKind::Timestamp(sub)
+        | FieldKind::Duration(sub)
+        | FieldKind::Wrapper(sub) => {
+            let at = scratch.entries.len();
+            scratch.entries.push(Entry {
                 field: index,
                 value: Value::Message { end: 0 },
             });
-            parse(sub, buf, from, to, entries, depth + 1)?;
-            entries[at].value = Value::Message {
-                end: entries.len() as u32,
+            parse(sub, buf, from, to, scratch, depth + 1)?;
+            scratch.entries[at].value = Value::Message {
+                end: scratch.entries.len() as u32,
             };
             return Ok(());
+        }
+        FieldKind::Json(descriptor) => {
+            let json =
+                to_json(descriptor, &buf[from..to]).map_err(|error| DecodeError::WellKnown {
+                    field: field.name.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    error,
+                })?;
+            scratch.json.push(json);
+            Value::Json(scratch.json.len() as u32 - 1)
         }
         FieldKind::String => {
             if std::str::from_utf8(&buf[from..to]).is_err() {
                 return Err(DecodeError::InvalidUtf8(field.name.clone()));
             }
+            Value::Len(from as u32, to as u32)
         }
-        FieldKind::Bytes => {}
+        FieldKind::Bytes => Value::Len(from as u32, to as u32),
         packed => {
             // Packed repeated scalars: check every element now.
             let mut pos = from;
@@ -233,137 +267,166 @@ fn parse_len(
                     WireType::Len => return Err(DecodeError::Truncated),
                 }
             }
+            Value::Len(from as u32, to as u32)
         }
-    }
-    entries.push(Entry {
+    };
+    scratch.entries.push(Entry {
         field: index,
-        value: Value::Len(from as u32, to as u32),
+        value,
     });
     Ok(())
 }
 
-/// Pass two: append the message whose entries are `entries[first..end]`.
-/// Everything was validated by pass one, so this cannot fail.
-fn append_level(
-    plan: &MessagePlan,
-    buf: &[u8],
-    entries: &[Entry],
-    first: usize,
-    end: usize,
-    columns: &mut [Column],
-    slots: &mut Vec<u32>,
-) {
-    let base = slots.len();
-    slots.resize(base + plan.fields.len(), NONE);
-    let mut i = first;
-    while i < end {
-        let e = entries[i];
-        if !plan.fields[e.field as usize].repeated {
-            slots[base + e.field as usize] = i as u32;
-        }
-        i = next(entries, i);
-    }
-    for (index, (field, column)) in plan.fields.iter().zip(columns.iter_mut()).enumerate() {
-        if field.repeated {
-            let Column::List(list) = column else {
-                continue;
-            };
-            let mut i = first;
-            while i < end {
-                if entries[i].field as usize == index {
-                    append_repeated(field, buf, entries, i, &mut list.child, slots);
-                }
-                i = next(entries, i);
-            }
-            list.close_row();
-        } else {
-            match slots[base + index] {
-                NONE => append_absent(field, column),
-                at => append_value(&field.kind, buf, entries, at as usize, column, slots),
-            }
-        }
-    }
-    slots.truncate(base);
+/// The canonical JSON of a message (allocates: only for the well-known
+/// types written as JSON).
+fn to_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<String, String> {
+    let message = DynamicMessage::decode(descriptor.clone(), bytes).map_err(|e| e.to_string())?;
+    serde_json::to_string(&message).map_err(|e| e.to_string())
 }
 
-fn next(entries: &[Entry], i: usize) -> usize {
-    match entries[i].value {
-        Value::Message { end } => end as usize,
-        _ => i + 1,
-    }
+/// Pass two over a validated payload: appends to the columns. Everything
+/// was checked by pass one, so nothing here can fail.
+struct Pass2<'a> {
+    buf: &'a [u8],
+    entries: &'a [Entry],
+    json: &'a [String],
 }
 
-fn append_repeated(
-    field: &FieldPlan,
-    buf: &[u8],
-    entries: &[Entry],
-    at: usize,
-    child: &mut Column,
-    slots: &mut Vec<u32>,
-) {
-    let natural = field.kind.wire_type();
-    match entries[at].value {
-        Value::Len(from, to) if natural != WireType::Len => {
-            let (mut pos, to) = (from as usize, to as usize);
-            while pos < to {
-                let value = match natural {
-                    WireType::Varint => varint(buf, &mut pos, to).map(Value::Varint),
-                    WireType::I64 => {
-                        fixed(buf, &mut pos, to).map(|b| Value::I64(u64::from_le_bytes(b)))
-                    }
-                    WireType::I32 => {
-                        fixed(buf, &mut pos, to).map(|b| Value::I32(u32::from_le_bytes(b)))
-                    }
-                    WireType::Len => break,
+impl Pass2<'_> {
+    /// Appends the message whose entries are `entries[first..end]`.
+    fn append_level(
+        &self,
+        plan: &MessagePlan,
+        first: usize,
+        end: usize,
+        columns: &mut [Column],
+        slots: &mut Vec<u32>,
+    ) {
+        let base = slots.len();
+        slots.resize(base + plan.fields.len(), NONE);
+        let mut i = first;
+        while i < end {
+            let e = self.entries[i];
+            if !plan.fields[e.field as usize].repeated {
+                slots[base + e.field as usize] = i as u32;
+            }
+            i = self.next(i);
+        }
+        for (index, (field, column)) in plan.fields.iter().zip(columns.iter_mut()).enumerate() {
+            if field.repeated {
+                let Column::List(list) = column else {
+                    continue;
                 };
-                match value {
-                    Ok(value) => append_scalar(&field.kind, buf, value, child),
-                    Err(_) => break,
+                let mut i = first;
+                while i < end {
+                    if self.entries[i].field as usize == index {
+                        self.append_repeated(field, i, &mut list.child, slots);
+                    }
+                    i = self.next(i);
+                }
+                list.close_row();
+            } else {
+                match slots[base + index] {
+                    NONE => append_absent(field, column),
+                    at => self.append_value(&field.kind, at as usize, column, slots),
                 }
             }
         }
-        _ => append_value(&field.kind, buf, entries, at, child, slots),
+        slots.truncate(base);
     }
-}
 
-fn append_value(
-    kind: &FieldKind,
-    buf: &[u8],
-    entries: &[Entry],
-    at: usize,
-    column: &mut Column,
-    slots: &mut Vec<u32>,
-) {
-    let entry = entries[at];
-    match (kind, entry.value, column) {
-        (FieldKind::Message(sub), Value::Message { end }, Column::Struct(s)) => {
-            append_level(
-                sub,
-                buf,
-                entries,
-                at + 1,
-                end as usize,
-                &mut s.children,
-                slots,
-            );
-            s.close_row();
+    fn next(&self, i: usize) -> usize {
+        match self.entries[i].value {
+            Value::Message { end } => end as usize,
+            _ => i + 1,
         }
-        (FieldKind::Timestamp(_), Value::Message { end }, Column::Ts(b)) => {
-            let (mut seconds, mut nanos) = (0i64, 0i64);
-            for e in &entries[at + 1..end as usize] {
-                match (e.field, e.value) {
-                    (0, Value::Varint(v)) => seconds = v as i64,
-                    (1, Value::Varint(v)) => nanos = i64::from(v as i32),
-                    _ => {}
+    }
+
+    fn append_repeated(
+        &self,
+        field: &FieldPlan,
+        at: usize,
+        child: &mut Column,
+        slots: &mut Vec<u32>,
+    ) {
+        let natural = field.kind.wire_type();
+        match self.entries[at].value {
+            Value::Len(from, to) if natural != WireType::Len => {
+                let (mut pos, to) = (from as usize, to as usize);
+                while pos < to {
+                    let value =
+                        match natural {
+                            WireType::Varint => varint(self.buf, &mut pos, to).map(Value::Varint),
+                            WireType::I64 => fixed(self.buf, &mut pos, to)
+                                .map(|b| Value::I64(u64::from_le_bytes(b))),
+                            WireType::I32 => fixed(self.buf, &mut pos, to)
+                                .map(|b| Value::I32(u32::from_le_bytes(b))),
+                            WireType::Len => break,
+                        };
+                    match value {
+                        Ok(value) => append_scalar(&field.kind, self.buf, value, child),
+                        Err(_) => break,
+                    }
                 }
             }
-            b.append_value(
-                seconds
-                    .saturating_mul(1_000_000)
-                    .saturating_add(nanos / 1_000),
-            );
+            _ => self.append_value(&field.kind, at, child, slots),
         }
-        (kind, value, column) => append_scalar(kind, buf, value, column),
+    }
+
+    /// The last value of field `index` among the entries in `(at, end)`.
+    fn last_of(&self, at: usize, end: usize, index: u32) -> Option<Value> {
+        self.entries[at + 1..end]
+            .iter()
+            .rev()
+            .find(|e| e.field == index)
+            .map(|e| e.value)
+    }
+
+    /// Seconds and nanos of a Timestamp or Duration, as µs.
+    fn micros(&self, at: usize, end: usize) -> i64 {
+        let seconds = match self.last_of(at, end, 0) {
+            Some(Value::Varint(v)) => v as i64,
+            _ => 0,
+        };
+        let nanos = match self.last_of(at, end, 1) {
+            Some(Value::Varint(v)) => i64::from(v as i32),
+            _ => 0,
+        };
+        seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(nanos / 1_000)
+    }
+
+    fn append_value(&self, kind: &FieldKind, at: usize, column: &mut Column, slots: &mut Vec<u32>) {
+        match (kind, self.entries[at].value, column) {
+            (FieldKind::Message(sub), Value::Message { end }, Column::Struct(s)) => {
+                self.append_level(sub, at + 1, end as usize, &mut s.children, slots);
+                s.close_row();
+            }
+            (FieldKind::Timestamp(_), Value::Message { end }, Column::Ts(b)) => {
+                b.append_value(self.micros(at, end as usize));
+            }
+            (FieldKind::Duration(_), Value::Message { end }, Column::Dur(b)) => {
+                b.append_value(self.micros(at, end as usize));
+            }
+            (FieldKind::Wrapper(sub), Value::Message { end }, column) => {
+                let Some(inner) = sub.fields.first() else {
+                    column.append_null();
+                    return;
+                };
+                match self.last_of(at, end as usize, 0) {
+                    Some(value) => append_scalar(&inner.kind, self.buf, value, column),
+                    // A wrapper present without its value holds the default.
+                    None => append_default(&inner.kind, column),
+                }
+            }
+            (FieldKind::Json(_), Value::Json(i), Column::Str(b)) => match self.json.get(i as usize)
+            {
+                Some(json) => b.append_value(json),
+                None => b.append_null(),
+            },
+            (kind, value, column) => append_scalar(kind, self.buf, value, column),
+        }
     }
 }
 
@@ -407,9 +470,14 @@ fn append_scalar(kind: &FieldKind, buf: &[u8], value: Value, column: &mut Column
 fn append_absent(field: &FieldPlan, column: &mut Column) {
     if field.nullable {
         column.append_null();
-        return;
+    } else {
+        append_default(&field.kind, column);
     }
-    match (&field.kind, column) {
+}
+
+/// The type's default value (proto3 zero values; an enum's first value).
+fn append_default(kind: &FieldKind, column: &mut Column) {
+    match (kind, column) {
         (_, Column::I32(b)) => b.append_value(0),
         (_, Column::I64(b)) => b.append_value(0),
         (_, Column::U32(b)) => b.append_value(0),

@@ -301,3 +301,91 @@ fn reference_event_decodes() {
         "order-00000007"
     );
 }
+
+#[test]
+fn well_known_types_map_to_nullable_scalars_durations_and_json() {
+    let mut f = Fixture::new("sluice.testing.WellKnown");
+    let wrapper = |f: &Fixture, name: &str, value: PValue| {
+        let mut w = f.message(name);
+        set(&mut w, "value", value);
+        PValue::Message(w)
+    };
+    let mut m = f.message("sluice.testing.WellKnown");
+    set(
+        &mut m,
+        "w_int64",
+        wrapper(&f, "google.protobuf.Int64Value", PValue::I64(-5)),
+    );
+    // Present but holding the default: not null.
+    set(
+        &mut m,
+        "w_string",
+        PValue::Message(f.message("google.protobuf.StringValue")),
+    );
+    let mut d = f.message("google.protobuf.Duration");
+    set(&mut d, "seconds", PValue::I64(90));
+    set(&mut d, "nanos", PValue::I32(500_000_000));
+    set(&mut m, "d", PValue::Message(d));
+    let mut value = f.message("google.protobuf.Value");
+    set(&mut value, "string_value", PValue::String("hi".into()));
+    let mut s = f.message("google.protobuf.Struct");
+    s.get_field_by_name_mut("fields")
+        .unwrap()
+        .as_map_mut()
+        .unwrap()
+        .insert(
+            prost_reflect::MapKey::String("k".into()),
+            PValue::Message(value.clone()),
+        );
+    set(&mut m, "s", PValue::Message(s));
+    set(&mut m, "v", PValue::Message(value));
+    set(
+        &mut m,
+        "w_list",
+        PValue::List(vec![
+            wrapper(&f, "google.protobuf.Int32Value", PValue::I32(1)),
+            wrapper(&f, "google.protobuf.Int32Value", PValue::I32(2)),
+        ]),
+    );
+    f.decode(&m.encode_to_vec()).unwrap();
+    f.decode(&[]).unwrap();
+    let b = f.finish();
+    let col = |name: &str| b.column_by_name(name).unwrap().clone();
+    assert_eq!(col("w_int64").data_type(), &DataType::Int64);
+    assert_eq!(col("w_int64").as_primitive::<Int64Type>().value(0), -5);
+    assert!(col("w_int64").is_null(1), "absent wrapper is null");
+    assert_eq!(col("w_string").as_string::<i32>().value(0), "");
+    assert!(col("w_string").is_valid(0));
+    assert!(col("w_bool").is_null(0));
+    assert_eq!(
+        col("d").data_type(),
+        &DataType::Duration(TimeUnit::Microsecond)
+    );
+    assert_eq!(
+        col("d").as_primitive::<DurationMicrosecondType>().value(0),
+        90_500_000
+    );
+    assert_eq!(col("s").as_string::<i32>().value(0), r#"{"k":"hi"}"#);
+    assert_eq!(col("v").as_string::<i32>().value(0), r#""hi""#);
+    assert!(col("any").is_null(0));
+    let list = col("w_list");
+    assert_eq!(
+        list.as_list::<i32>()
+            .value(0)
+            .as_primitive::<Int32Type>()
+            .values(),
+        &[1, 2]
+    );
+}
+
+#[test]
+fn invalid_json_mapped_well_known_type_is_an_error() {
+    let mut f = Fixture::new("sluice.testing.WellKnown");
+    // Field 6 (Struct) holding bytes that are not a Struct.
+    let err = f.decode(&[0x32, 0x02, 0xFF, 0xFF]).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::WellKnown { ref field, .. } if field == "s"),
+        "{err}"
+    );
+    assert_eq!(f.finish().num_rows(), 0);
+}

@@ -54,6 +54,36 @@ pub(crate) enum FieldKind {
     Message(Box<MessagePlan>),
     /// `google.protobuf.Timestamp`, written as a UTC timestamp.
     Timestamp(Box<MessagePlan>),
+    /// `google.protobuf.Duration`, written as a duration in µs.
+    Duration(Box<MessagePlan>),
+    /// `google.protobuf.*Value` wrappers: the wrapped scalar, null when absent.
+    Wrapper(Box<MessagePlan>),
+    /// `google.protobuf.Struct`, `Value`, `ListValue`, `Any`: their canonical
+    /// JSON, as a string.
+    Json(MessageDescriptor),
+}
+
+/// Well-known types written as their canonical JSON.
+const AS_JSON: [&str; 4] = [
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+    "google.protobuf.Any",
+];
+
+fn is_wrapper(name: &str) -> bool {
+    matches!(
+        name,
+        "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
 }
 
 /// Protobuf wire types.
@@ -160,6 +190,13 @@ impl FieldPlan {
             Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
                 FieldKind::Timestamp(Box::new(MessagePlan::build(&m, ancestors)?))
             }
+            Kind::Message(m) if m.full_name() == "google.protobuf.Duration" => {
+                FieldKind::Duration(Box::new(MessagePlan::build(&m, ancestors)?))
+            }
+            Kind::Message(m) if is_wrapper(m.full_name()) => {
+                FieldKind::Wrapper(Box::new(MessagePlan::build(&m, ancestors)?))
+            }
+            Kind::Message(m) if AS_JSON.contains(&m.full_name()) => FieldKind::Json(m),
             Kind::Message(m) => FieldKind::Message(Box::new(MessagePlan::build(&m, ancestors)?)),
         };
         Ok(FieldPlan {
@@ -203,7 +240,10 @@ impl FieldKind {
             FieldKind::String
             | FieldKind::Bytes
             | FieldKind::Message(_)
-            | FieldKind::Timestamp(_) => WireType::Len,
+            | FieldKind::Timestamp(_)
+            | FieldKind::Duration(_)
+            | FieldKind::Wrapper(_)
+            | FieldKind::Json(_) => WireType::Len,
         }
     }
 
@@ -220,6 +260,12 @@ impl FieldKind {
             FieldKind::Bytes => DataType::Binary,
             FieldKind::Message(m) => DataType::Struct(m.arrow_fields()),
             FieldKind::Timestamp(_) => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+            FieldKind::Duration(_) => DataType::Duration(TimeUnit::Microsecond),
+            FieldKind::Wrapper(inner) => inner
+                .fields
+                .first()
+                .map_or(DataType::Null, |value| value.kind.arrow_type()),
+            FieldKind::Json(_) => DataType::Utf8,
         }
     }
 }
