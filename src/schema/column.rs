@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, DurationMicrosecondBuilder,
-    Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListArray, NullBufferBuilder,
-    StringArray, StructArray, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+    ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, DurationMicrosecondBuilder,
+    Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListArray, MapArray,
+    NullBufferBuilder, StringArray, StructArray, TimestampMicrosecondBuilder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, FieldRef, Fields, TimeUnit};
@@ -49,6 +50,8 @@ pub struct ListColumn {
     pub(crate) field: FieldRef,
     pub(crate) child: Box<Column>,
     pub(crate) offsets: Vec<i32>,
+    /// Finish as an Arrow map (the child is the key/value struct).
+    pub(crate) map: bool,
 }
 
 impl Column {
@@ -84,6 +87,13 @@ impl Column {
                 field: field.clone(),
                 child: Box::new(Column::for_type(field.data_type())?),
                 offsets: vec![0],
+                map: false,
+            }),
+            DataType::Map(entries, _) => Column::List(ListColumn {
+                field: entries.clone(),
+                child: Box::new(Column::for_type(entries.data_type())?),
+                offsets: vec![0],
+                map: true,
             }),
             _ => return None,
         })
@@ -146,14 +156,28 @@ impl Column {
                 ))
             }
             Column::List(l) => {
-                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(
+                    &mut l.offsets,
+                    vec![0],
+                )));
                 let values = l.child.finish();
-                Arc::new(ListArray::new(
-                    l.field.clone(),
-                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
-                    values,
-                    None,
-                ))
+                let map = match (l.map, values.as_struct_opt()) {
+                    (true, Some(entries)) => MapArray::try_new(
+                        l.field.clone(),
+                        offsets.clone(),
+                        entries.clone(),
+                        None,
+                        false,
+                    )
+                    .ok(),
+                    _ => None,
+                };
+                match map {
+                    Some(map) => Arc::new(map),
+                    // Not a well-formed map (a bug in the mapping): keep the
+                    // entries as a list rather than lose them.
+                    None => Arc::new(ListArray::new(l.field.clone(), offsets, values, None)),
+                }
             }
         }
     }

@@ -389,3 +389,55 @@ fn invalid_json_mapped_well_known_type_is_an_error() {
     );
     assert_eq!(f.finish().num_rows(), 0);
 }
+
+#[test]
+fn maps_become_arrow_maps() {
+    let mut f = Fixture::new("sluice.testing.WithMaps");
+    let mut m = f.message("sluice.testing.WithMaps");
+    {
+        let counts = m
+            .get_field_by_name_mut("counts")
+            .unwrap()
+            .as_map_mut()
+            .unwrap();
+        counts.insert(prost_reflect::MapKey::String("a".into()), PValue::I64(1));
+        counts.insert(prost_reflect::MapKey::String("b".into()), PValue::I64(0));
+    }
+    let mut point = f.message("sluice.testing.Point");
+    set(&mut point, "x", PValue::I32(3));
+    m.get_field_by_name_mut("points")
+        .unwrap()
+        .as_map_mut()
+        .unwrap()
+        .insert(prost_reflect::MapKey::I32(7), PValue::Message(point));
+    f.decode(&m.encode_to_vec()).unwrap();
+    f.decode(&[]).unwrap();
+    let b = f.finish();
+    let counts = b.column_by_name("counts").unwrap();
+    assert!(
+        matches!(counts.data_type(), DataType::Map(_, false)),
+        "{:?}",
+        counts.data_type()
+    );
+    let counts = counts.as_map();
+    assert_eq!(counts.value_length(0), 2);
+    assert_eq!(counts.value_length(1), 0, "absent map is empty");
+    let mut entries: Vec<(String, i64)> = (0..2)
+        .map(|i| {
+            let keys = counts.keys().as_string::<i32>();
+            let values = counts.values().as_primitive::<Int64Type>();
+            (keys.value(i).to_owned(), values.value(i))
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(entries, vec![("a".into(), 1), ("b".into(), 0)]);
+    let points = b.column_by_name("points").unwrap().as_map();
+    assert_eq!(points.keys().as_primitive::<Int32Type>().value(0), 7);
+    let x = points
+        .values()
+        .as_struct()
+        .column(0)
+        .as_primitive::<Int32Type>()
+        .value(0);
+    assert_eq!(x, 3);
+}

@@ -29,6 +29,8 @@ pub(crate) struct FieldPlan {
     pub(crate) name: String,
     pub(crate) kind: FieldKind,
     pub(crate) repeated: bool,
+    /// A `map<K, V>`: repeated key/value entries, written as an Arrow map.
+    pub(crate) map: bool,
     /// Absent means null (explicit presence) rather than the default value.
     pub(crate) nullable: bool,
 }
@@ -203,12 +205,23 @@ impl FieldPlan {
             name: field.name().to_owned(),
             kind,
             repeated: field.cardinality() == Cardinality::Repeated,
+            map: field.is_map(),
             nullable: field.supports_presence(),
         })
     }
 
     fn arrow_field(&self) -> Field {
         let element = self.kind.arrow_type();
+        if let (true, DataType::Struct(entry)) = (self.map, &element) {
+            // Arrow maps: non-null keys, nullable values, never a null map.
+            let fields: Fields = entry
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Arc::new(f.as_ref().clone().with_nullable(i != 0)))
+                .collect();
+            let entries = Field::new("entries", DataType::Struct(fields), false);
+            return Field::new(&self.name, DataType::Map(Arc::new(entries), false), false);
+        }
         if self.repeated {
             let item = Field::new("item", element, true);
             Field::new(&self.name, DataType::List(Arc::new(item)), false)

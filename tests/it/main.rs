@@ -8,6 +8,7 @@
 mod broker;
 mod configs;
 mod exactly_once;
+mod mapping;
 mod pipeline;
 mod stores;
 mod support;
