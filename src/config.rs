@@ -373,8 +373,7 @@ impl Config {
         }
         Some(match &self.storage.staging_prefix {
             Some(p) => p.trim_matches('/').to_owned(),
-            None if prefix.is_empty() => "_sluice/staging".to_owned(),
-            None => format!("{prefix}/_sluice/staging"),
+            None => crate::layout::under(prefix, "_sluice/staging"),
         })
     }
 

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::layout;
 use crate::manifest::{ManifestError, Manifests};
 use crate::store::{ObjectMeta, ObjectStore, StoreError, now_secs};
 
@@ -30,18 +31,12 @@ pub async fn find_orphans(
 ) -> Result<Vec<ObjectMeta>, GcError> {
     // Listing data before manifests: a file committed in between is then
     // seen in a manifest, never mistaken for an orphan.
-    let data_prefix = if prefix.is_empty() {
-        format!("{event}/")
-    } else {
-        format!("{prefix}/{event}/")
-    };
-    let mut data = store.list(&data_prefix).await?;
-    let dead_letters = if prefix.is_empty() {
-        format!("_dead_letters/{event}/")
-    } else {
-        format!("{prefix}/_dead_letters/{event}/")
-    };
-    data.extend(store.list(&dead_letters).await?);
+    let mut data = store.list(&layout::data_root(prefix, event)).await?;
+    data.extend(
+        store
+            .list(&layout::dead_letters_root(prefix, event))
+            .await?,
+    );
     if let Some(staging) = staging {
         data.extend(store.list(&format!("{staging}/")).await?);
     }

@@ -29,6 +29,25 @@ pub fn hour_folder(hour: i64) -> String {
     }
 }
 
+/// `rest` under `prefix` (which may be empty: the bucket's root).
+pub fn under(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_owned()
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
+
+/// Where the data files of an event live: `<prefix>/<event>/`.
+pub fn data_root(prefix: &str, event: &str) -> String {
+    under(prefix, &format!("{event}/"))
+}
+
+/// Where the dead letters of an event live: `<prefix>/_dead_letters/<event>/`.
+pub fn dead_letters_root(prefix: &str, event: &str) -> String {
+    under(prefix, &format!("_dead_letters/{event}/"))
+}
+
 /// The key of a data file.
 pub fn data_key(
     prefix: &str,
@@ -39,14 +58,10 @@ pub fn data_key(
     first_offset: i64,
     last_offset: i64,
 ) -> String {
-    let mut key = String::with_capacity(prefix.len() + event.len() + topic.len() + 80);
-    if !prefix.is_empty() {
-        key.push_str(prefix);
-        key.push('/');
-    }
+    let mut key = data_root(prefix, event);
     let _ = write!(
         key,
-        "{event}/{}/{}-{partition}-{first_offset:020}-{last_offset:020}.parquet",
+        "{}/{}-{partition}-{first_offset:020}-{last_offset:020}.parquet",
         hour_folder(hour),
         sanitize(topic)
     );
@@ -64,13 +79,9 @@ pub fn dead_letter_key(
     first_offset: i64,
     last_offset: i64,
 ) -> String {
-    let under = if prefix.is_empty() {
-        "_dead_letters".to_owned()
-    } else {
-        format!("{prefix}/_dead_letters")
-    };
+    let prefix = under(prefix, "_dead_letters");
     data_key(
-        &under,
+        &prefix,
         event,
         hour,
         topic,
@@ -82,13 +93,10 @@ pub fn dead_letter_key(
 
 /// Where all manifests of a sink live.
 pub fn manifests_root(prefix: &str, event: &str, topic: &str) -> String {
-    let mut key = String::new();
-    if !prefix.is_empty() {
-        key.push_str(prefix);
-        key.push('/');
-    }
-    let _ = write!(key, "_sluice/manifests/{event}/{}/", sanitize(topic));
-    key
+    under(
+        prefix,
+        &format!("_sluice/manifests/{event}/{}/", sanitize(topic)),
+    )
 }
 
 /// Where one partition's manifests live.
