@@ -44,7 +44,7 @@ fn benches(c: &mut Criterion) {
         .message("sluice.examples.OrderPlaced")
         .expect("reference event");
     let sample = OrderSample::new(&descriptor).expect("reference event");
-    let plan = Arc::new(MessagePlan::new(&descriptor).expect("plan"));
+    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
     let input = input(&sample);
     let mean = input.payloads.iter().map(Vec::len).sum::<usize>() / EVENTS;
     eprintln!("reference event: {mean} bytes encoded on average");

@@ -98,6 +98,14 @@ pub struct KafkaConfig {
 pub struct SchemaConfig {
     /// `file://<dir>`: a directory of `.proto` files compiled at start-up.
     pub registry: String,
+    /// How many levels a recursive message is expanded into columns; below
+    /// that, the field is written as its canonical JSON (a string column).
+    #[serde(default = "default_recursion_depth", deserialize_with = "de::usize")]
+    pub recursion_depth: usize,
+}
+
+fn default_recursion_depth() -> usize {
+    3
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,7 +42,10 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let schema_dir = config.schema_dir().map_err(anyhow::Error::msg)?;
     let registry = LocalRegistry::open(&schema_dir)?;
     let descriptor = registry.message(&config.event.message)?;
-    let plan = Arc::new(MessagePlan::new(&descriptor)?);
+    let plan = Arc::new(MessagePlan::new(
+        &descriptor,
+        config.schema.recursion_depth,
+    )?);
 
     let (store, prefix) = runtime.block_on(store::from_config(&config))?;
     let notifier = runtime.block_on(notify::from_config(config.notify.queue_url.as_deref()));

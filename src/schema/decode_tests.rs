@@ -21,8 +21,12 @@ struct Fixture {
 
 impl Fixture {
     fn new(message: &str) -> Fixture {
+        Fixture::with_depth(message, 3)
+    }
+
+    fn with_depth(message: &str, depth: usize) -> Fixture {
         let registry = registry();
-        let plan = MessagePlan::new(&registry.message(message).unwrap()).unwrap();
+        let plan = MessagePlan::new(&registry.message(message).unwrap(), depth).unwrap();
         let columns = plan
             .arrow_fields()
             .iter()
@@ -440,4 +444,38 @@ fn maps_become_arrow_maps() {
         .as_primitive::<Int32Type>()
         .value(0);
     assert_eq!(x, 3);
+}
+
+#[test]
+fn recursion_is_cut_at_the_configured_depth_and_the_rest_is_json() {
+    let mut f = Fixture::with_depth("sluice.testing.Tree", 1);
+    let tree = |f: &Fixture, name: &str, children: Vec<DynamicMessage>| {
+        let mut t = f.message("sluice.testing.Tree");
+        set(&mut t, "name", PValue::String(name.into()));
+        set(
+            &mut t,
+            "children",
+            PValue::List(children.into_iter().map(PValue::Message).collect()),
+        );
+        t
+    };
+    let leaf = tree(&f, "leaf", vec![]);
+    let mid = tree(&f, "mid", vec![leaf]);
+    let root = tree(&f, "root", vec![mid]);
+    f.decode(&root.encode_to_vec()).unwrap();
+    let b = f.finish();
+    // root.children: list<struct<name, children: list<utf8 JSON>>>
+    let children = b
+        .column_by_name("children")
+        .unwrap()
+        .as_list::<i32>()
+        .value(0);
+    let mid = children.as_struct();
+    assert_eq!(mid.column(0).as_string::<i32>().value(0), "mid");
+    let grandchildren = mid.column(1).as_list::<i32>().value(0);
+    assert_eq!(grandchildren.data_type(), &DataType::Utf8);
+    assert_eq!(
+        grandchildren.as_string::<i32>().value(0),
+        r#"{"name":"leaf"}"#
+    );
 }

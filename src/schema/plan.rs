@@ -105,29 +105,37 @@ pub(crate) struct EnumPlan {
     pub(crate) default: Box<str>,
 }
 
+/// State of a plan being built: the path of messages above the current one.
+struct Build {
+    ancestors: Vec<String>,
+    recursion_depth: usize,
+}
+
 impl MessagePlan {
-    pub fn new(message: &MessageDescriptor) -> Result<MessagePlan, SchemaError> {
-        Self::build(message, &mut Vec::new())
+    /// `recursion_depth`: how many times a message may appear inside itself
+    /// as columns; deeper, the field is written as its canonical JSON.
+    pub fn new(
+        message: &MessageDescriptor,
+        recursion_depth: usize,
+    ) -> Result<MessagePlan, SchemaError> {
+        Self::build(
+            message,
+            &mut Build {
+                ancestors: Vec::new(),
+                recursion_depth,
+            },
+        )
     }
 
-    fn build(
-        message: &MessageDescriptor,
-        ancestors: &mut Vec<String>,
-    ) -> Result<MessagePlan, SchemaError> {
-        if ancestors.iter().any(|a| a == message.full_name()) {
-            return Err(SchemaError::Unsupported(format!(
-                "message {} is recursive ({}); recursive messages are not supported yet",
-                message.full_name(),
-                ancestors.join(" → ")
-            )));
-        }
+    fn build(message: &MessageDescriptor, b: &mut Build) -> Result<MessagePlan, SchemaError> {
+        let ancestors = &b.ancestors;
         if ancestors.len() >= MAX_DEPTH {
             return Err(SchemaError::Unsupported(format!(
                 "message {} nests deeper than {MAX_DEPTH} levels",
                 message.full_name()
             )));
         }
-        ancestors.push(message.full_name().to_owned());
+        b.ancestors.push(message.full_name().to_owned());
         let mut fields = Vec::new();
         let mut dense = vec![0u16; DENSE_LIMIT as usize];
         let mut sparse = HashMap::new();
@@ -140,9 +148,9 @@ impl MessagePlan {
             } else {
                 sparse.insert(field.number(), index);
             }
-            fields.push(FieldPlan::build(&field, ancestors)?);
+            fields.push(FieldPlan::build(&field, b)?);
         }
-        ancestors.pop();
+        b.ancestors.pop();
         Ok(MessagePlan {
             fields,
             dense,
@@ -168,10 +176,7 @@ impl MessagePlan {
 }
 
 impl FieldPlan {
-    fn build(
-        field: &FieldDescriptor,
-        ancestors: &mut Vec<String>,
-    ) -> Result<FieldPlan, SchemaError> {
+    fn build(field: &FieldDescriptor, b: &mut Build) -> Result<FieldPlan, SchemaError> {
         let kind = match field.kind() {
             Kind::Double => FieldKind::Double,
             Kind::Float => FieldKind::Float,
@@ -190,16 +195,23 @@ impl FieldPlan {
             Kind::Bytes => FieldKind::Bytes,
             Kind::Enum(e) => FieldKind::Enum(EnumPlan::new(&e)),
             Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
-                FieldKind::Timestamp(Box::new(MessagePlan::build(&m, ancestors)?))
+                FieldKind::Timestamp(Box::new(MessagePlan::build(&m, b)?))
             }
             Kind::Message(m) if m.full_name() == "google.protobuf.Duration" => {
-                FieldKind::Duration(Box::new(MessagePlan::build(&m, ancestors)?))
+                FieldKind::Duration(Box::new(MessagePlan::build(&m, b)?))
             }
             Kind::Message(m) if is_wrapper(m.full_name()) => {
-                FieldKind::Wrapper(Box::new(MessagePlan::build(&m, ancestors)?))
+                FieldKind::Wrapper(Box::new(MessagePlan::build(&m, b)?))
             }
             Kind::Message(m) if AS_JSON.contains(&m.full_name()) => FieldKind::Json(m),
-            Kind::Message(m) => FieldKind::Message(Box::new(MessagePlan::build(&m, ancestors)?)),
+            // Recursion cut: past the configured depth, the rest is JSON.
+            Kind::Message(m)
+                if b.ancestors.iter().filter(|a| *a == m.full_name()).count()
+                    > b.recursion_depth =>
+            {
+                FieldKind::Json(m)
+            }
+            Kind::Message(m) => FieldKind::Message(Box::new(MessagePlan::build(&m, b)?)),
         };
         Ok(FieldPlan {
             name: field.name().to_owned(),

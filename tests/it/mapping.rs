@@ -16,7 +16,7 @@ use crate::support;
 fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path::PathBuf {
     let registry = LocalRegistry::open(&support::schemas_dir()).unwrap();
     let descriptor = registry.message(message).unwrap();
-    let plan = Arc::new(MessagePlan::new(&descriptor).unwrap());
+    let plan = Arc::new(MessagePlan::new(&descriptor, 3).unwrap());
     let mut buffers = Buffers::new(descriptor, plan, sluice::writer::properties(&[]), vec![]);
     let envelope = Envelope {
         id: Some("id-1"),
