@@ -84,7 +84,7 @@ pub const UNIQUE_COLUMNS: [&str; 4] = [
 ];
 
 /// The columns sluice adds to every row, after the payload's.
-fn envelope_fields() -> [Field; 6] {
+fn envelope_fields() -> [Field; 7] {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()));
     [
         Field::new("_event_id", DataType::Utf8, true),
@@ -93,7 +93,17 @@ fn envelope_fields() -> [Field; 6] {
         Field::new("_kafka_partition", DataType::Int32, false),
         Field::new("_kafka_offset", DataType::Int64, false),
         Field::new("_kafka_timestamp", ts, true),
+        Field::new("_extensions", DataType::Utf8, true),
     ]
+}
+
+/// CloudEvents extension attributes as one JSON object.
+struct Extensions<'a>(&'a [(&'a str, &'a str)]);
+
+impl serde::Serialize for Extensions<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 /// Every open file of this process.
@@ -265,8 +275,15 @@ impl OpenFile {
 
     fn append_envelope(&mut self, first_column: usize, record: &Record<'_>) {
         let time = record.envelope.time_micros;
-        let [id, event_time, source, partition, offset, kafka_ts] =
-            &mut self.columns[first_column..]
+        let [
+            id,
+            event_time,
+            source,
+            partition,
+            offset,
+            kafka_ts,
+            extensions,
+        ] = &mut self.columns[first_column..]
         else {
             return;
         };
@@ -287,6 +304,16 @@ impl OpenFile {
         }
         if let Column::Ts(b) = kafka_ts {
             b.append_option(record.kafka_timestamp_ms.map(|ms| ms.saturating_mul(1000)));
+        }
+        if let Column::Str(b) = extensions {
+            let attributes = &record.envelope.extensions;
+            if attributes.is_empty() {
+                b.append_null();
+            } else {
+                // Strings serialize infallibly; the builder is in memory.
+                let _ = serde_json::to_writer(&mut *b, &Extensions(attributes));
+                b.append_value([]);
+            }
         }
         self.pending_rows += 1;
         self.rows += 1;

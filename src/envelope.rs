@@ -16,7 +16,24 @@ pub struct Envelope<'a> {
     pub time_micros: i64,
     /// How the payload is encoded, from `content-type` (Protobuf when absent).
     pub encoding: Encoding,
+    /// CloudEvents extension attributes (`ce_*` headers beyond the
+    /// specification's own), without the `ce_` prefix. Allocates only when
+    /// a record has some.
+    pub extensions: Vec<(&'a str, &'a str)>,
 }
+
+/// `ce_*` attributes the CloudEvents specification defines; any other
+/// `ce_*` header is an extension.
+const SPEC_ATTRIBUTES: [&str; 8] = [
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_specversion",
+    "ce_datacontenttype",
+    "ce_dataschema",
+    "ce_subject",
+];
 
 /// Payload encodings sluice reads, both against the same Protobuf schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +70,7 @@ impl<'a> Envelope<'a> {
             source: None,
             time_micros: 0,
             encoding: Encoding::Protobuf,
+            extensions: Vec::new(),
         };
         let mut time = None;
         for (key, value) in headers {
@@ -62,7 +80,15 @@ impl<'a> Envelope<'a> {
                 "ce_source" => envelope.source = Some(utf8("ce_source", value)?),
                 "ce_time" => time = Some(parse_time(utf8("ce_time", value)?)?),
                 "content-type" => envelope.encoding = encoding(utf8("content-type", value)?)?,
-                _ => {}
+                other => {
+                    if let Some(name) = other.strip_prefix("ce_")
+                        && !SPEC_ATTRIBUTES.contains(&other)
+                    {
+                        let value = std::str::from_utf8(value)
+                            .map_err(|_| EnvelopeError::NotUtf8("ce_ extension"))?;
+                        envelope.extensions.push((name, value));
+                    }
+                }
             }
         }
         envelope.time_micros = match (time, kafka_timestamp_ms) {
@@ -125,9 +151,26 @@ mod tests {
             ("content-type", b"application/protobuf"),
         ];
         let e = parse(headers, Some(5)).unwrap();
+        assert!(e.extensions.is_empty());
         assert_eq!(e.id, Some("abc"));
         assert_eq!(e.source, Some("/orders"));
         assert_eq!(e.time_micros, 1_767_323_045_123_456);
+    }
+
+    #[test]
+    fn extension_attributes_are_collected() {
+        let headers: &[(&str, &[u8])] = &[
+            ("ce_id", b"abc"),
+            ("ce_traceparent", b"00-ab-cd-01"),
+            ("ce_partitionkey", b"k1"),
+            ("ce_subject", b"not an extension"),
+            ("baggage", b"tenant=test"),
+        ];
+        let e = parse(headers, None).unwrap();
+        assert_eq!(
+            e.extensions,
+            vec![("traceparent", "00-ab-cd-01"), ("partitionkey", "k1")]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path:
         source: None,
         time_micros: 1_767_225_600_000_000,
         encoding: Encoding::Protobuf,
+        extensions: vec![("traceparent", "00-ab-cd-01")],
     };
     let record = Record {
         partition: 0,
@@ -110,4 +111,8 @@ fn maps_durations_wrappers_and_json_types_read_back_with_pyarrow() {
     assert_eq!(row["v"]["type"], "string");
     assert_eq!(row["v"]["value"], "1.5");
     assert_eq!(row["_event_time"]["type"], "timestamp[us, tz=UTC]");
+    assert_eq!(
+        row["_extensions"]["value"],
+        r#"{"traceparent":"00-ab-cd-01"}"#
+    );
 }
