@@ -83,6 +83,7 @@ fn benches(c: &mut Criterion) {
                 let envelope = Envelope::parse(
                     headers.iter().map(|(k, v)| (*k, Some(v.as_slice()))),
                     Some(1_767_225_600_000),
+                    "baggage",
                 )
                 .expect("valid envelope");
                 let record = Record {
@@ -91,6 +92,7 @@ fn benches(c: &mut Criterion) {
                     kafka_timestamp_ms: Some(1_767_225_600_000),
                     envelope,
                     payload,
+                    route: 0,
                 };
                 buffers.push(&record).expect("valid record");
             }

@@ -34,6 +34,8 @@ pub struct Record<'a> {
     pub kafka_timestamp_ms: Option<i64>,
     pub envelope: Envelope<'a>,
     pub payload: &'a [u8],
+    /// 0: the sink's prefix; n: the prefix of the n-th routed tenant.
+    pub route: u8,
 }
 
 /// What a file holds.
@@ -57,6 +59,8 @@ impl FileKind {
 #[derive(Debug)]
 pub struct FinishedFile {
     pub kind: FileKind,
+    /// As [`Record::route`].
+    pub route: u8,
     pub partition: i32,
     pub hour: i64,
     pub first_offset: i64,
@@ -117,7 +121,7 @@ pub struct Buffers {
     descriptor: MessageDescriptor,
     /// Reused buffer for JSON payloads converted to Protobuf.
     json_scratch: Vec<u8>,
-    files: HashMap<(i32, i64), OpenFile>,
+    files: HashMap<(i32, i64, u8), OpenFile>,
     metadata: Vec<(&'static str, String)>,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
@@ -177,7 +181,7 @@ impl Buffers {
     /// the record is not added anywhere.
     pub fn push(&mut self, record: &Record<'_>) -> Result<(), BufferError> {
         let hour = layout::hour_of(record.envelope.time_micros);
-        let file = match self.files.entry((record.partition, hour)) {
+        let file = match self.files.entry((record.partition, hour, record.route)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(OpenFile::new(
                 &self.schema,
@@ -210,7 +214,7 @@ impl Buffers {
     /// Drops everything buffered for `partition` (it was revoked).
     pub fn drop_partition(&mut self, partition: i32) {
         let mut dropped = 0;
-        self.files.retain(|(p, _), file| {
+        self.files.retain(|(p, _, _), file| {
             let keep = *p != partition;
             if !keep {
                 dropped += file.held_bytes();
@@ -223,11 +227,11 @@ impl Buffers {
     /// Closes every open file and hands them over, leaving the buffers empty.
     pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
         let mut finished = Vec::with_capacity(self.files.len());
-        for ((partition, hour), file) in self.files.drain() {
-            finished.push(file.finish(&self.schema, partition, hour, &self.metadata)?);
+        for ((partition, hour, route), file) in self.files.drain() {
+            finished.push(file.finish(&self.schema, partition, hour, route, &self.metadata)?);
         }
         self.buffered_bytes = 0;
-        finished.sort_by_key(|f| (f.partition, f.hour));
+        finished.sort_by_key(|f| (f.partition, f.hour, f.route));
         Ok(finished)
     }
 }
@@ -346,6 +350,7 @@ impl OpenFile {
         schema: &SchemaRef,
         partition: i32,
         hour: i64,
+        route: u8,
         metadata: &[(&'static str, String)],
     ) -> Result<FinishedFile, WriteError> {
         self.encode_pending(schema)?;
@@ -356,6 +361,7 @@ impl OpenFile {
         let bytes = self.writer.close(&footer)?;
         Ok(FinishedFile {
             kind: FileKind::Data,
+            route,
             partition,
             hour,
             first_offset: self.first_offset,

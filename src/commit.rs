@@ -44,6 +44,7 @@ use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Mani
 use crate::notify::{FileNotification, Notifier};
 use crate::store::{ObjectStore, PutMode, StoreError};
 use crate::telemetry::Telemetry;
+use crate::tenancy::Tenancy;
 
 /// Attempts per store call before the checkpoint fails.
 const STORE_ATTEMPTS: u32 = 8;
@@ -74,6 +75,8 @@ pub struct Committer {
     /// Bucket-notifications mode: files are uploaded under this prefix and
     /// copied to their live key after the manifest.
     pub staging: Option<String>,
+    /// Where routed tenants' files go ([`crate::tenancy::Route::Prefix`]).
+    pub tenancy: Tenancy,
     pub concurrency: usize,
     pub telemetry: Telemetry,
     /// Set on shutdown: notification retries give up instead of waiting on.
@@ -124,8 +127,13 @@ impl Committer {
             FileKind::Data => layout::data_key,
             FileKind::DeadLetters => layout::dead_letter_key,
         };
+        let tenant = file
+            .route
+            .checked_sub(1)
+            .and_then(|i| self.tenancy.prefix(i));
+        let prefix = tenant.map_or(self.prefix.as_str(), |(_, p)| p.as_str());
         let key = key_of(
-            &self.prefix,
+            prefix,
             &self.event,
             file.hour,
             &self.topic,
@@ -136,9 +144,9 @@ impl Committer {
         let size = file.bytes.len() as u64;
         let body = Bytes::from(file.bytes);
         let started = Instant::now();
-        let staged_key = match file.kind {
-            FileKind::Data => self.staging.as_ref().map(|s| format!("{s}/{key}")),
-            FileKind::DeadLetters => None,
+        let staged_key = match (file.kind, tenant) {
+            (FileKind::Data, None) => self.staging.as_ref().map(|s| format!("{s}/{key}")),
+            _ => None,
         };
         let upload_key = staged_key.as_deref().unwrap_or(&key);
         let e_tag = retry(
@@ -156,6 +164,7 @@ impl Committer {
                 key,
                 staged_key,
                 kind: file.kind,
+                tenant: tenant.map(|(t, _)| t.clone()),
                 rows: file.rows,
                 size,
                 e_tag,
@@ -218,7 +227,7 @@ impl Committer {
             .flat_map(|m| {
                 m.files
                     .iter()
-                    .filter(|f| f.kind.is_data())
+                    .filter(|f| f.kind.is_data() && f.tenant.is_none())
                     .map(move |f| self.notification(m, f))
             })
             .collect();

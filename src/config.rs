@@ -51,6 +51,9 @@ pub struct Config {
     /// What happens to records that cannot become rows.
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// Tenants and test traffic sharing the topic.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
     /// Where committed files are announced.
     #[serde(default)]
     pub notify: NotifyConfig,
@@ -179,6 +182,44 @@ pub struct ErrorsConfig {
     /// committed); `skip`: count it and go on.
     #[serde(default)]
     pub policy: ErrorPolicy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// The header naming a record's tenant: `baggage` (W3C baggage, the
+    /// member named by `key`) or any other header (its whole value).
+    #[serde(default = "default_tenant_header")]
+    pub header: String,
+    /// The baggage member holding the tenant.
+    #[serde(default = "default_tenant_key")]
+    pub key: String,
+    /// Tenants whose records are dropped (and counted).
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Tenants whose records are written under a prefix of their own
+    /// (`tenant = "prefix"`, same bucket), instead of the sink's. Their files
+    /// are committed like the others but not announced.
+    #[serde(default)]
+    pub prefixes: BTreeMap<String, String>,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            header: default_tenant_header(),
+            key: default_tenant_key(),
+            drop: Vec::new(),
+            prefixes: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_tenant_header() -> String {
+    "baggage".into()
+}
+fn default_tenant_key() -> String {
+    "tenant".into()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

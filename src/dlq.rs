@@ -215,6 +215,7 @@ impl DeadLetters {
             footer.push(("sluice.last_offset", open.last_offset.to_string()));
             out.push(FinishedFile {
                 kind: FileKind::DeadLetters,
+                route: 0,
                 partition,
                 hour: layout::hour_of(open.first_time_micros),
                 first_offset: open.first_offset,

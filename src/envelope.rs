@@ -20,6 +20,8 @@ pub struct Envelope<'a> {
     /// specification's own), without the `ce_` prefix. Allocates only when
     /// a record has some.
     pub extensions: Vec<(&'a str, &'a str)>,
+    /// The value of the header that names the tenant, if present.
+    pub tenant_header: Option<&'a str>,
 }
 
 /// `ce_*` attributes the CloudEvents specification defines; any other
@@ -61,9 +63,11 @@ pub enum EnvelopeError {
 impl<'a> Envelope<'a> {
     /// Reads the envelope from a record's headers. `kafka_timestamp_ms` is
     /// the record's Kafka timestamp, if it has one.
+    /// `tenant_header` names the header to keep in [`Envelope::tenant_header`].
     pub fn parse(
         headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
         kafka_timestamp_ms: Option<i64>,
+        tenant_header: &str,
     ) -> Result<Envelope<'a>, EnvelopeError> {
         let mut envelope = Envelope {
             id: None,
@@ -71,6 +75,7 @@ impl<'a> Envelope<'a> {
             time_micros: 0,
             encoding: Encoding::Protobuf,
             extensions: Vec::new(),
+            tenant_header: None,
         };
         let mut time = None;
         for (key, value) in headers {
@@ -80,6 +85,9 @@ impl<'a> Envelope<'a> {
                 "ce_source" => envelope.source = Some(utf8("ce_source", value)?),
                 "ce_time" => time = Some(parse_time(utf8("ce_time", value)?)?),
                 "content-type" => envelope.encoding = encoding(utf8("content-type", value)?)?,
+                other if other == tenant_header => {
+                    envelope.tenant_header = Some(utf8("tenant header", value)?);
+                }
                 other => {
                     if let Some(name) = other.strip_prefix("ce_")
                         && !SPEC_ATTRIBUTES.contains(&other)
@@ -137,7 +145,7 @@ mod tests {
         headers: &'a [(&'a str, &'a [u8])],
         ts: Option<i64>,
     ) -> Result<Envelope<'a>, EnvelopeError> {
-        Envelope::parse(headers.iter().map(|(k, v)| (*k, Some(*v))), ts)
+        Envelope::parse(headers.iter().map(|(k, v)| (*k, Some(*v))), ts, "baggage")
     }
 
     #[test]
@@ -171,6 +179,7 @@ mod tests {
             e.extensions,
             vec![("traceparent", "00-ab-cd-01"), ("partitionkey", "k1")]
         );
+        assert_eq!(e.tenant_header, Some("tenant=test"));
     }
 
     #[test]

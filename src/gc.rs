@@ -91,6 +91,7 @@ mod tests {
             key: key.into(),
             staged_key: None,
             kind: Default::default(),
+            tenant: None,
             rows: 1,
             size: 1,
             e_tag: String::new(),

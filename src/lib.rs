@@ -25,4 +25,5 @@ pub mod schema;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod tenancy;
 pub mod writer;

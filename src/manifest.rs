@@ -32,6 +32,10 @@ pub struct ManifestFile {
     /// Event rows (`data`, announced) or `dead_letters` (kept, not announced).
     #[serde(default, skip_serializing_if = "FileKind::is_data")]
     pub kind: FileKind,
+    /// Set for files of a tenant routed to a prefix of its own: committed,
+    /// not announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub rows: u64,
     pub size: u64,
     pub e_tag: String,

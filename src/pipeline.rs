@@ -28,6 +28,7 @@ use crate::failpoint;
 use crate::manifest::{CommitOutcome, FORMAT_VERSION, Manifest, ManifestFile};
 use crate::source::{self, Assignment, KafkaConsumer};
 use crate::telemetry::{FailReason, Telemetry};
+use crate::tenancy::{Route, Tenancy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -71,6 +72,7 @@ struct State {
     buffers: Buffers,
     dead_letters: DeadLetters,
     error_policy: ErrorPolicy,
+    tenancy: Tenancy,
     committer: Committer,
     runtime: Handle,
     telemetry: Telemetry,
@@ -121,6 +123,7 @@ impl Pipeline {
                 buffers,
                 dead_letters,
                 error_policy,
+                tenancy: committer.tenancy.clone(),
                 committer,
                 runtime,
                 telemetry,
@@ -231,15 +234,25 @@ impl State {
             .into_iter()
             .flat_map(|h| h.iter())
             .map(|h| (h.key, h.value));
-        let outcome = match Envelope::parse(headers, kafka_timestamp_ms) {
+        let outcome = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
             Err(e) => Err((FailReason::Envelope, e.to_string())),
             Ok(envelope) => {
+                let route = match self.tenancy.route(envelope.tenant_header) {
+                    (Route::Main, _) => 0,
+                    (Route::Prefix(i), _) => i + 1,
+                    (Route::Drop, tenant) => {
+                        progress.skipped += 1;
+                        self.telemetry.record_dropped(tenant.unwrap_or_default());
+                        return Ok(());
+                    }
+                };
                 let record = Record {
                     partition,
                     offset,
                     kafka_timestamp_ms,
                     envelope,
                     payload: message.payload().unwrap_or(&[]),
+                    route,
                 };
                 match self.buffers.push(&record) {
                     Ok(()) => Ok(()),

@@ -102,6 +102,12 @@ impl Telemetry {
             .increment(1);
     }
 
+    /// A record of a tenant configured to be dropped.
+    pub fn record_dropped(&self, tenant: &str) {
+        counter!("sluice_records_dropped_total", "event" => self.event.clone(), "tenant" => tenant.to_owned())
+            .increment(1);
+    }
+
     pub fn record_skipped(&self, partition: i32, offset: i64, reason: FailReason, error: &str) {
         warn!(
             partition,

@@ -15,6 +15,7 @@ use crate::pipeline::{self, Pipeline};
 use crate::schema::{LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
 use crate::telemetry::{self, Telemetry};
+use crate::tenancy::Tenancy;
 use crate::{notify, source, store, writer};
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +87,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         topic: config.kafka.topic.clone(),
         notifier,
         staging,
+        tenancy: Tenancy::new(&config.tenants),
         concurrency: config.storage.upload_concurrency,
         telemetry: telemetry.clone(),
         stopping: stop.clone(),

@@ -24,13 +24,16 @@ fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path:
         time_micros: 1_767_225_600_000_000,
         encoding: Encoding::Protobuf,
         extensions: vec![("traceparent", "00-ab-cd-01")],
+        tenant_header: None,
     };
+    let route = 0;
     let record = Record {
         partition: 0,
         offset: 0,
         kafka_timestamp_ms: None,
         envelope,
         payload,
+        route,
     };
     buffers.push(&record).unwrap();
     let file = buffers.finish_all().unwrap().remove(0);

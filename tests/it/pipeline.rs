@@ -361,3 +361,81 @@ async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
     );
     assert!(read["rows"].as_array().unwrap().len() <= good.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_tenants_go_to_their_own_prefix_or_are_dropped() {
+    let topic = support::unique("orders");
+    let bucket = support::unique("sluice-tenants");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .create()
+        .unwrap();
+    let (mut prod, mut test, mut dropped) = (Vec::new(), Vec::new(), 0);
+    for seq in 0..90u64 {
+        let headers = sample.headers(seq);
+        let mut h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        match seq % 3 {
+            0 => h.push(("baggage", b"userId=7,tenant=test")),
+            1 => h.push(("baggage", b"tenant=loadtest")),
+            _ => {}
+        }
+        send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+        let produced = Produced {
+            seq,
+            partition: 0,
+            offset: seq as i64,
+        };
+        match seq % 3 {
+            0 => test.push(produced),
+            1 => dropped += 1,
+            _ => prod.push(produced),
+        }
+    }
+    let storage = format!("s3://{bucket}/raw");
+    let tenants = "[tenants]\ndrop = [\"loadtest\"]\n[tenants.prefixes]\ntest = \"test-raw\"\n";
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: Some(&queue),
+            interval: "1s",
+        },
+        tenants,
+    );
+    sink.start();
+    sink.wait_committed(&[90], Duration::from_secs(60));
+    let metrics = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let dropped_metric: f64 = metrics
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("sluice_records_dropped_total") && k.contains("tenant=\"loadtest\"")
+        })
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(dropped_metric, dropped as f64);
+
+    let live = support::read_back(&format!("{storage}/order_placed"), Some(&queue));
+    let counts = check_rows(&live, &prod, &sample);
+    assert_eq!(live["rows"].as_array().unwrap().len(), prod.len());
+    assert!(counts.values().all(|&c| c == 1));
+    check_messages(&live, &bucket, &topic);
+    let tenant = support::read_back(&format!("s3://{bucket}/test-raw"), None);
+    check_rows(&tenant, &test, &sample);
+    assert_eq!(tenant["rows"].as_array().unwrap().len(), test.len());
+    // One manifest range covers all three kinds of record.
+    let committed = support::read_back_committed(&storage, None);
+    let skipped: i64 = committed["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["skipped"].as_i64().unwrap())
+        .sum();
+    assert_eq!(skipped, dropped);
+}
