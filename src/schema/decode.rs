@@ -244,7 +244,9 @@ fn parse_len(
             Value::Json(scratch.json.len() as u32 - 1)
         }
         FieldKind::String => {
-            if std::str::from_utf8(&buf[from..to]).is_err() {
+            // Most strings are ASCII: a word-at-a-time check settles them.
+            let bytes = &buf[from..to];
+            if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
                 return Err(DecodeError::InvalidUtf8(field.name.clone()));
             }
             Value::Len(from as u32, to as u32)

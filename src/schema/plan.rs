@@ -29,6 +29,8 @@ pub(crate) struct FieldPlan {
     pub(crate) name: String,
     pub(crate) kind: FieldKind,
     pub(crate) repeated: bool,
+    /// The wire type of one value (`kind.wire_type()`, kept for the hot path).
+    pub(crate) wire: WireType,
     /// A `map<K, V>`: repeated key/value entries, written as an Arrow map.
     pub(crate) map: bool,
     /// Absent means null (explicit presence) rather than the default value.
@@ -215,6 +217,7 @@ impl FieldPlan {
         };
         Ok(FieldPlan {
             name: field.name().to_owned(),
+            wire: kind.wire_type(),
             kind,
             repeated: field.cardinality() == Cardinality::Repeated,
             map: field.is_map(),
@@ -243,9 +246,9 @@ impl FieldPlan {
     }
 
     /// Whether a value of this field may arrive with `wire`.
+    #[inline]
     pub(crate) fn accepts(&self, wire: WireType) -> bool {
-        let natural = self.kind.wire_type();
-        wire == natural || (self.repeated && wire == WireType::Len && natural != WireType::Len)
+        wire == self.wire || (self.repeated && wire == WireType::Len && self.wire != WireType::Len)
     }
 }
 
