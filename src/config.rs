@@ -466,7 +466,9 @@ fn parse_storage_url(url: &str) -> Result<StorageUrl, String> {
 }
 
 /// `SLUICE_KAFKA__BROKERS=…` sets `kafka.brokers`. Values go in as strings;
-/// the few non-string keys accept their string forms.
+/// the few non-string keys accept their string forms. An empty value removes
+/// the key (as if the file did not set it), the way container environments
+/// unset a variable.
 fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("SLUICE_") else {
@@ -480,7 +482,11 @@ fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (S
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(section) = entry {
-            section.insert(key, toml::Value::String(value));
+            if value.is_empty() {
+                section.remove(&key);
+            } else {
+                section.insert(key, toml::Value::String(value));
+            }
         }
     }
 }
@@ -630,6 +636,7 @@ url = "s3://bucket/prefix"
                 ("SLUICE_STORAGE__FORCE_PATH_STYLE", "true"),
                 ("SLUICE_MEMORY__MAX_BUFFER_BYTES", "64MiB"),
                 ("SLUICE_CACHE", "ignored: no section separator"),
+                ("SLUICE_METRICS__LISTEN", ""),
             ],
         )
         .unwrap();
@@ -644,6 +651,10 @@ url = "s3://bucket/prefix"
         let skip = parse(MINIMAL, &[("SLUICE_ERRORS__POLICY", "skip")]).unwrap();
         assert_eq!(skip.errors.policy, ErrorPolicy::Skip);
         assert_eq!(config.memory.max_buffer_bytes, 64 << 20);
+        assert_eq!(
+            config.metrics.listen, "0.0.0.0:9464",
+            "empty means the default"
+        );
     }
 
     #[test]

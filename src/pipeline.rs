@@ -226,6 +226,11 @@ impl State {
             // Already committed (by us or by a writer that fenced us).
             return Ok(());
         }
+        if progress.last_read.is_some_and(|last| offset <= last) {
+            // Delivered twice (the client re-fetched after a seek): the first
+            // delivery is already buffered.
+            return Ok(());
+        }
         progress.first_read.get_or_insert(offset);
         progress.last_read = Some(offset);
         let kafka_timestamp_ms = message.timestamp().to_millis();
