@@ -6,6 +6,7 @@
 //! [`Column`]s. This module never does I/O after start-up.
 
 mod column;
+mod confluent;
 mod decode;
 mod plan;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use prost_reflect::{DescriptorPool, MessageDescriptor};
 
 pub use column::{Column, UTC};
+pub use confluent::{ConfluentRegistry, RegistryError};
 pub use decode::{DecodeError, Decoder};
 pub use plan::MessagePlan;
 
