@@ -1,0 +1,155 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[event]
+name = "order_placed"
+message = "sluice.examples.OrderPlaced"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "orders"
+group_id = "g"
+[schema]
+registry = "file://schemas"
+[storage]
+url = "s3://bucket/prefix"
+"#;
+
+fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let path = Path::new("sinks/test.toml");
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let mut config = Config::parse(path, text, env)?;
+    config.source_file = path.to_owned();
+    config.validate()?;
+    Ok(config)
+}
+
+fn error(text: &str, env: &[(&str, &str)]) -> String {
+    match parse(text, env) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MINIMAL, &[]).unwrap();
+    assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
+    assert_eq!(config.kafka.auto_offset_reset, "earliest");
+    assert_eq!(
+        config.storage_url().unwrap(),
+        StorageUrl::S3 {
+            bucket: "bucket".into(),
+            prefix: "prefix".into()
+        }
+    );
+    assert!(config.notify.queue_url.is_none());
+}
+
+#[test]
+fn environment_overrides_any_key() {
+    let config = parse(
+        MINIMAL,
+        &[
+            ("SLUICE_KAFKA__BROKERS", "kafka:29092"),
+            ("SLUICE_CHECKPOINT__INTERVAL", "5s"),
+            ("SLUICE_NOTIFY__QUEUE_URL", "http://localhost:4566/1/q"),
+            ("SLUICE_STORAGE__FORCE_PATH_STYLE", "true"),
+            ("SLUICE_MEMORY__MAX_BUFFER_BYTES", "64MiB"),
+            ("SLUICE_CACHE", "ignored: no section separator"),
+            ("SLUICE_METRICS__LISTEN", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.kafka.brokers, "kafka:29092");
+    assert_eq!(config.checkpoint.interval, Duration::from_secs(5));
+    assert_eq!(
+        config.notify.queue_url.as_deref(),
+        Some("http://localhost:4566/1/q")
+    );
+    assert_eq!(config.storage.force_path_style, Some(true));
+    assert_eq!(config.errors.policy, ErrorPolicy::DeadLetter);
+    let skip = parse(MINIMAL, &[("SLUICE_ERRORS__POLICY", "skip")]).unwrap();
+    assert_eq!(skip.errors.policy, ErrorPolicy::Skip);
+    assert_eq!(config.memory.max_buffer_bytes, 64 << 20);
+    assert_eq!(
+        config.metrics.listen, "0.0.0.0:9464",
+        "empty means the default"
+    );
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let e = error(
+        &format!("{MINIMAL}\n[checkpoint]\nintervall = \"5s\"\n"),
+        &[],
+    );
+    assert!(
+        e.starts_with("sinks/test.toml: key `checkpoint.intervall`"),
+        "{e}"
+    );
+    assert!(e.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn missing_key_names_it() {
+    let e = error(&MINIMAL.replace("topic = \"orders\"\n", ""), &[]);
+    assert_eq!(
+        e,
+        "sinks/test.toml: key `kafka.topic`: required key is missing"
+    );
+}
+
+#[test]
+fn bad_duration_says_what_was_expected() {
+    let e = error(
+        &format!("{MINIMAL}\n[checkpoint]\ninterval = \"soon\"\n"),
+        &[],
+    );
+    assert!(
+        e.starts_with("sinks/test.toml: key `checkpoint.interval`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_storage_url_is_rejected() {
+    let e = error(&MINIMAL.replace("s3://bucket/prefix", "gs://x/y"), &[]);
+    assert!(e.contains("key `storage.url`: expected `s3://"), "{e}");
+    let e = error(&MINIMAL.replace("s3://bucket/prefix", "s3://ab/y"), &[]);
+    assert!(e.contains("at least 3 characters"), "{e}");
+}
+
+#[test]
+fn unknown_error_policy_lists_the_choices() {
+    let e = error(MINIMAL, &[("SLUICE_ERRORS__POLICY", "ignore")]);
+    assert!(
+        e.starts_with("sinks/test.toml: key `errors.policy`: unknown variant `ignore`"),
+        "{e}"
+    );
+    assert!(e.contains("dead_letter"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let e = error(&MINIMAL.replace("topic = \"orders\"", "topic = 5"), &[]);
+    assert!(
+        e.starts_with("sinks/test.toml: key `kafka.topic`: invalid type"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let e = error("[event\nname = 1", &[]);
+    assert!(e.starts_with("sinks/test.toml: not valid TOML"), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn byte_sizes() {
+    assert_eq!(parse_byte_size("123"), Some(123));
+    assert_eq!(parse_byte_size("64MiB"), Some(64 << 20));
+    assert_eq!(parse_byte_size("1 GiB"), Some(1 << 30));
+    assert_eq!(parse_byte_size("2MB"), Some(2_000_000));
+    assert_eq!(parse_byte_size("lots"), None);
+}
