@@ -99,8 +99,15 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
-    /// `file://<dir>`: a directory of `.proto` files compiled at start-up.
+    /// `file://<dir>`: a directory of `.proto` files compiled at start-up,
+    /// payloads are plain Protobuf. `http(s)://host:port`: a Confluent
+    /// Schema Registry, payloads in the Confluent wire format
+    /// (`https://user:password@host` for basic auth).
     pub registry: String,
+    /// Registry subject whose latest version the sink starts with; defaults
+    /// to `<topic>-value` (Confluent's TopicNameStrategy).
+    #[serde(default)]
+    pub subject: Option<String>,
     /// How many levels a recursive message is expanded into columns; below
     /// that, the field is written as its canonical JSON (a string column).
     #[serde(default = "default_recursion_depth", deserialize_with = "de::usize")]
@@ -271,6 +278,13 @@ fn default_metrics_listen() -> String {
     "0.0.0.0:9464".into()
 }
 
+/// Where schemas come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaSource {
+    Local(PathBuf),
+    Confluent { url: String, subject: String },
+}
+
 /// The parsed form of `storage.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUrl {
@@ -370,7 +384,8 @@ impl Config {
                 ),
             ));
         }
-        self.schema_dir().map_err(|m| bad("schema.registry", m))?;
+        self.schema_source()
+            .map_err(|m| bad("schema.registry", m))?;
         self.storage_url().map_err(|m| bad("storage.url", m))?;
         if self.storage.upload_concurrency == 0 {
             return Err(bad(
@@ -404,12 +419,23 @@ impl Config {
     }
 
     /// The directory of `.proto` files named by `schema.registry`.
-    pub fn schema_dir(&self) -> Result<PathBuf, String> {
-        match self.schema.registry.strip_prefix("file://") {
-            Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+    pub fn schema_source(&self) -> Result<SchemaSource, String> {
+        let registry = &self.schema.registry;
+        match registry.strip_prefix("file://") {
+            Some(dir) if !dir.is_empty() => Ok(SchemaSource::Local(PathBuf::from(dir))),
+            _ if registry.starts_with("http://") || registry.starts_with("https://") => {
+                Ok(SchemaSource::Confluent {
+                    url: registry.clone(),
+                    subject: self
+                        .schema
+                        .subject
+                        .clone()
+                        .unwrap_or_else(|| format!("{}-value", self.kafka.topic)),
+                })
+            }
             _ => Err(format!(
-                "expected `file://<directory of .proto files>`, got {:?}",
-                self.schema.registry
+                "expected `file://<directory of .proto files>` or a registry URL `https://host:port`, got {:?}",
+                registry
             )),
         }
     }

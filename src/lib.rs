@@ -15,6 +15,7 @@ pub mod config;
 pub mod dlq;
 pub mod envelope;
 pub mod failpoint;
+pub mod framing;
 pub mod gc;
 pub mod layout;
 pub mod manifest;

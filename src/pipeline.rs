@@ -23,8 +23,9 @@ use crate::checkpoint::{Checkpoint, Range};
 use crate::commit::{CommitError, Committer};
 use crate::config::ErrorPolicy;
 use crate::dlq::{DeadLetter, DeadLetters};
-use crate::envelope::Envelope;
+use crate::envelope::{Encoding, Envelope};
 use crate::failpoint;
+use crate::framing::Framing;
 use crate::manifest::{CommitOutcome, FORMAT_VERSION, Manifest, ManifestFile};
 use crate::source::{self, Assignment, KafkaConsumer};
 use crate::telemetry::{FailReason, Telemetry};
@@ -68,6 +69,7 @@ struct Progress {
 #[derive(Debug)]
 struct State {
     topic: String,
+    framing: Framing,
     writer_id: String,
     buffers: Buffers,
     dead_letters: DeadLetters,
@@ -100,6 +102,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: KafkaConsumer,
+        framing: Framing,
         buffers: Buffers,
         dead_letters: DeadLetters,
         error_policy: ErrorPolicy,
@@ -119,6 +122,7 @@ impl Pipeline {
             consumer,
             state: State {
                 topic: committer.topic.clone(),
+                framing,
                 writer_id,
                 buffers,
                 dead_letters,
@@ -251,18 +255,28 @@ impl State {
                         return Ok(());
                     }
                 };
-                let record = Record {
-                    partition,
-                    offset,
-                    kafka_timestamp_ms,
-                    envelope,
-                    payload: message.payload().unwrap_or(&[]),
-                    route,
+                let value = message.payload().unwrap_or(&[]);
+                let payload = match envelope.encoding {
+                    Encoding::Protobuf => self.framing.payload(value),
+                    Encoding::Json => Ok(value),
                 };
-                match self.buffers.push(&record) {
-                    Ok(()) => Ok(()),
-                    Err(BufferError::Decode(e)) => Err((FailReason::Decode, e.to_string())),
-                    Err(BufferError::Write(e)) => return Err(e.into()),
+                match payload {
+                    Err(e) => Err((FailReason::Decode, e.to_string())),
+                    Ok(payload) => {
+                        let record = Record {
+                            partition,
+                            offset,
+                            kafka_timestamp_ms,
+                            envelope,
+                            payload,
+                            route,
+                        };
+                        match self.buffers.push(&record) {
+                            Ok(()) => Ok(()),
+                            Err(BufferError::Decode(e)) => Err((FailReason::Decode, e.to_string())),
+                            Err(BufferError::Write(e)) => return Err(e.into()),
+                        }
+                    }
                 }
             }
         };

@@ -4,15 +4,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use prost_reflect::MessageDescriptor;
 use tracing::info;
 
 use crate::buffer::{self, Buffers};
 use crate::commit::Committer;
-use crate::config::Config;
+use crate::config::{Config, SchemaSource};
 use crate::dlq::DeadLetters;
+use crate::framing::Framing;
 use crate::manifest::Manifests;
 use crate::pipeline::{self, Pipeline};
-use crate::schema::{LocalRegistry, MessagePlan};
+use crate::schema::{ConfluentRegistry, LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
 use crate::telemetry::{self, Telemetry};
 use crate::tenancy::Tenancy;
@@ -40,9 +42,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         .block_on(async { telemetry::install_exporter(listen) })
         .map_err(anyhow::Error::msg)?;
 
-    let schema_dir = config.schema_dir().map_err(anyhow::Error::msg)?;
-    let registry = LocalRegistry::open(&schema_dir)?;
-    let descriptor = registry.message(&config.event.message)?;
+    let (descriptor, framing) = schema(&config)?;
     let plan = Arc::new(MessagePlan::new(
         &descriptor,
         config.schema.recursion_depth,
@@ -101,6 +101,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     );
     Pipeline::new(
         consumer,
+        framing,
         buffers,
         dead_letters,
         config.errors.policy,
@@ -114,4 +115,31 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     info!("stopped cleanly");
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())
+}
+
+/// The payload message and how payloads are framed, from `schema.registry`.
+fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Framing)> {
+    match config.schema_source().map_err(anyhow::Error::msg)? {
+        SchemaSource::Local(dir) => {
+            let registry = LocalRegistry::open(&dir)?;
+            Ok((registry.message(&config.event.message)?, Framing::Plain))
+        }
+        SchemaSource::Confluent { url, subject } => {
+            let registry = Arc::new(ConfluentRegistry::new(&url));
+            let (id, pool) = registry.latest(&subject)?;
+            let descriptor = pool
+                .get_message_by_name(&config.event.message)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "subject {subject} (schema id {id}) does not define message {}",
+                        config.event.message
+                    )
+                })?;
+            info!(subject = %subject, schema_id = id, "schema from the registry");
+            Ok((
+                descriptor,
+                Framing::confluent(registry, &config.event.message, id),
+            ))
+        }
+    }
 }

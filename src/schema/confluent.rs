@@ -239,7 +239,3 @@ fn split_credentials(url: &str) -> (String, Option<String>) {
     let token = base64::engine::general_purpose::STANDARD.encode(userinfo);
     (format!("{scheme}://{host}"), Some(format!("Basic {token}")))
 }
-
-#[cfg(test)]
-#[path = "confluent_tests.rs"]
-mod tests;

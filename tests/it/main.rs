@@ -10,5 +10,6 @@ mod configs;
 mod exactly_once;
 mod mapping;
 mod pipeline;
+mod registry;
 mod stores;
 mod support;

@@ -2,9 +2,12 @@
 //! process under test, and reading results back with pyarrow.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -487,5 +490,58 @@ pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSam
             present.contains(key.as_str()),
             "committed file {key} is missing from the store"
         );
+    }
+}
+
+/// Serves `routes` (path → JSON body; anything else is 404), counting
+/// requests and remembering the Authorization headers seen.
+pub struct Server {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+    pub auth: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn serve(routes: HashMap<String, String>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let auth = Arc::new(Mutex::new(Vec::new()));
+    let (count, seen) = (requests.clone(), auth.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if let Some(value) = header.strip_prefix("authorization: ") {
+                    seen.lock().unwrap().push(value.trim().to_owned());
+                }
+                if header.trim().is_empty() {
+                    break;
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = match routes.get(&path) {
+                Some(body) => ("200 OK", body.clone()),
+                None => (
+                    "404 Not Found",
+                    r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
+                ),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Server {
+        url,
+        requests,
+        auth,
     }
 }

@@ -1,0 +1,231 @@
+//! The Confluent Schema Registry client and wire format, against an HTTP
+//! server this test starts that speaks the registry endpoints sluice uses
+//! (no Confluent Schema Registry can run on this machine): schema by id,
+//! subject versions, references; then the whole pipeline reading records in
+//! the Confluent wire format from the real Kafka broker.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice::framing::confluent_header;
+use sluice::sample::{self, Produced};
+use sluice::schema::ConfluentRegistry;
+
+use crate::support::{self, Sink, SinkSpec, check_rows, reference_sample, serve};
+
+const COMMON: &str = r#"syntax = "proto3";
+package shop.common;
+message Money { string currency = 1; int64 cents = 2; }"#;
+
+const ORDER: &str = r#"syntax = "proto3";
+package shop;
+import "shop/common.proto";
+import "google/protobuf/timestamp.proto";
+message Order { string id = 1; shop.common.Money total = 2; google.protobuf.Timestamp at = 3; }"#;
+
+fn routes() -> HashMap<String, String> {
+    let schema = |text: &str, refs: &str, id: u32| {
+        format!(
+            r#"{{"id": {id}, "schemaType": "PROTOBUF", "schema": {}, "references": [{refs}]}}"#,
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    let order_refs = r#"{"name": "shop/common.proto", "subject": "shop-common", "version": 3}"#;
+    HashMap::from([
+        ("/schemas/ids/7".to_owned(), schema(ORDER, order_refs, 7)),
+        (
+            "/subjects/shop-common/versions/3".to_owned(),
+            schema(COMMON, "", 5),
+        ),
+        (
+            "/subjects/orders-value/versions/latest".to_owned(),
+            schema(ORDER, order_refs, 7),
+        ),
+        (
+            "/schemas/ids/9".to_owned(),
+            r#"{"schema": "{\"type\": \"string\"}"}"#.to_owned(),
+        ),
+    ])
+}
+
+#[test]
+fn schema_by_id_resolves_references_and_is_cached() {
+    let server = serve(routes());
+    let registry = ConfluentRegistry::new(&server.url);
+    let pool = registry.schema(7).unwrap();
+    let order = pool.get_message_by_name("shop.Order").unwrap();
+    let total = order.get_field_by_name("total").unwrap();
+    assert_eq!(
+        total.kind().as_message().unwrap().full_name(),
+        "shop.common.Money"
+    );
+    let after_first = server.requests.load(Ordering::SeqCst);
+    assert_eq!(after_first, 2, "the schema and its one reference");
+    registry.schema(7).unwrap();
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        after_first,
+        "second lookup is a cache hit"
+    );
+}
+
+#[test]
+fn latest_version_of_a_subject() {
+    let server = serve(routes());
+    let registry = ConfluentRegistry::new(&server.url);
+    let (id, pool) = registry.latest("orders-value").unwrap();
+    assert_eq!(id, 7);
+    assert!(pool.get_message_by_name("shop.Order").is_some());
+}
+
+#[test]
+fn unknown_ids_and_non_protobuf_schemas_are_clear_errors() {
+    let server = serve(routes());
+    let registry = ConfluentRegistry::new(&server.url);
+    let missing = registry.schema(404).unwrap_err().to_string();
+    assert!(missing.contains("/schemas/ids/404 not found"), "{missing}");
+    let avro = registry.schema(9).unwrap_err().to_string();
+    assert!(
+        avro.contains("schema 9") && avro.contains("AVRO, not PROTOBUF"),
+        "{avro}"
+    );
+}
+
+#[test]
+fn credentials_in_the_url_become_basic_auth_and_stay_out_of_debug() {
+    let server = serve(routes());
+    let url = server.url.replace("http://", "http://svc:s3cret@");
+    let registry = ConfluentRegistry::new(&url);
+    registry.schema(7).unwrap();
+    let seen = server.auth.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|a| a == "Basic c3ZjOnMzY3JldA=="),
+        "{seen:?}"
+    );
+    assert!(!format!("{registry:?}").contains("s3cret"));
+}
+
+#[test]
+fn registry_down_is_a_clear_error_after_retries() {
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let registry = ConfluentRegistry::new(&format!("http://127.0.0.1:{port}"));
+    let e = registry.schema(7).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "schema registry http://127.0.0.1:{port} unreachable"
+        )),
+        "{e}"
+    );
+}
+
+/// The sink's schema from the registry; values in the Confluent wire format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
+    let topic = support::unique("orders");
+    let proto =
+        std::fs::read_to_string(support::schemas_dir().join("sluice/examples/order_placed.proto"))
+            .unwrap();
+    let answer = format!(
+        r#"{{"id": 7, "schemaType": "PROTOBUF", "schema": {}}}"#,
+        serde_json::to_string(&proto).unwrap()
+    );
+    let server = serve(HashMap::from([
+        (
+            format!("/subjects/{topic}-value/versions/latest"),
+            answer.clone(),
+        ),
+        ("/schemas/ids/7".to_owned(), answer),
+    ]));
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .create()
+        .unwrap();
+    let send = |value: Vec<u8>, seq: u64| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        let headers = sample.headers(seq);
+        async move {
+            let mut owned = OwnedHeaders::new();
+            for (key, v) in &headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
+                .partition(0)
+                .payload(value.as_slice())
+                .headers(owned);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    };
+    let mut good = Vec::new();
+    for seq in 0..20u64 {
+        let mut value = confluent_header(7).to_vec();
+        value.extend(sample.encode(seq));
+        send(value, seq).await;
+        good.push(Produced {
+            seq,
+            partition: 0,
+            offset: seq as i64,
+        });
+    }
+    send(sample.encode(20), 20).await; // plain Protobuf: no magic byte
+    let mut unknown = confluent_header(99).to_vec();
+    unknown.extend(sample.encode(21));
+    send(unknown, 21).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "1s",
+    });
+    sink.start_with_env(&[("SLUICE_SCHEMA__REGISTRY", &server.url)]);
+    sink.wait_committed(&[22], Duration::from_secs(60));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    assert!(
+        sink.logs().contains("schema from the registry"),
+        "{}",
+        sink.logs()
+    );
+
+    let read = support::read_back_committed(&storage, None);
+    let counts = check_rows(&read, &good, &sample);
+    assert_eq!(counts.len(), good.len());
+    let letters = read["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let reason = |offset: i64| {
+        letters
+            .iter()
+            .find(|r| r[1] == offset)
+            .map(|r| r[3].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(20).contains("not in the Confluent wire format"),
+        "{}",
+        reason(20)
+    );
+    assert!(reason(21).contains("schema id 99"), "{}", reason(21));
+}
