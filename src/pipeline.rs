@@ -49,6 +49,15 @@ pub enum RunError {
     },
 }
 
+/// What became of one record.
+#[derive(Debug)]
+enum Outcome {
+    Row,
+    /// Its tenant is configured to be dropped.
+    Dropped,
+    Failed(FailReason, String),
+}
+
 /// How often the loop publishes gauges and counts.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
@@ -237,52 +246,73 @@ impl State {
         }
         progress.first_read.get_or_insert(offset);
         progress.last_read = Some(offset);
+        match self.buffer_row(message)? {
+            Outcome::Row => Ok(()),
+            Outcome::Dropped => {
+                self.count_skipped(partition);
+                Ok(())
+            }
+            Outcome::Failed(reason, error) => self.on_failure(message, reason, error),
+        }
+    }
+
+    /// Envelope → tenant route → framing → decode into the buffers.
+    fn buffer_row(&mut self, message: &BorrowedMessage<'_>) -> Result<Outcome, RunError> {
         let kafka_timestamp_ms = message.timestamp().to_millis();
         let headers = message
             .headers()
             .into_iter()
             .flat_map(|h| h.iter())
             .map(|h| (h.key, h.value));
-        let outcome = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
-            Err(e) => Err((FailReason::Envelope, e.to_string())),
-            Ok(envelope) => {
-                let route = match self.tenancy.route(envelope.tenant_header) {
-                    (Route::Main, _) => 0,
-                    (Route::Prefix(i), _) => i + 1,
-                    (Route::Drop, tenant) => {
-                        progress.skipped += 1;
-                        self.telemetry.record_dropped(tenant.unwrap_or_default());
-                        return Ok(());
-                    }
-                };
-                let value = message.payload().unwrap_or(&[]);
-                let payload = match envelope.encoding {
-                    Encoding::Protobuf => self.framing.payload(value),
-                    Encoding::Json => Ok(value),
-                };
-                match payload {
-                    Err(e) => Err((FailReason::Decode, e.to_string())),
-                    Ok(payload) => {
-                        let record = Record {
-                            partition,
-                            offset,
-                            kafka_timestamp_ms,
-                            envelope,
-                            payload,
-                            route,
-                        };
-                        match self.buffers.push(&record) {
-                            Ok(()) => Ok(()),
-                            Err(BufferError::Decode(e)) => Err((FailReason::Decode, e.to_string())),
-                            Err(BufferError::Write(e)) => return Err(e.into()),
-                        }
-                    }
-                }
+        let envelope = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
+            Ok(envelope) => envelope,
+            Err(e) => return Ok(Outcome::Failed(FailReason::Envelope, e.to_string())),
+        };
+        let route = match self.tenancy.route(envelope.tenant_header) {
+            (Route::Main, _) => 0,
+            (Route::Prefix(i), _) => i + 1,
+            (Route::Drop, tenant) => {
+                self.telemetry.record_dropped(tenant.unwrap_or_default());
+                return Ok(Outcome::Dropped);
             }
         };
-        let Err((reason, error)) = outcome else {
-            return Ok(());
+        let value = message.payload().unwrap_or(&[]);
+        let payload = match envelope.encoding {
+            Encoding::Protobuf => match self.framing.payload(value) {
+                Ok(payload) => payload,
+                Err(e) => return Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
+            },
+            Encoding::Json => value,
         };
+        let record = Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            kafka_timestamp_ms,
+            envelope,
+            payload,
+            route,
+        };
+        match self.buffers.push(&record) {
+            Ok(()) => Ok(Outcome::Row),
+            Err(BufferError::Decode(e)) => Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
+            Err(BufferError::Write(e)) => Err(e.into()),
+        }
+    }
+
+    fn count_skipped(&mut self, partition: i32) {
+        if let Some(progress) = self.owned.get_mut(&partition) {
+            progress.skipped += 1;
+        }
+    }
+
+    /// A record that cannot become a row, handled per `errors.policy`.
+    fn on_failure(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        reason: FailReason,
+        error: String,
+    ) -> Result<(), RunError> {
+        let (partition, offset) = (message.partition(), message.offset());
         match self.error_policy {
             ErrorPolicy::DeadLetter => {
                 let headers: Vec<(&str, Option<&[u8]>)> = message
@@ -294,7 +324,7 @@ impl State {
                 self.dead_letters.push(&DeadLetter {
                     partition,
                     offset,
-                    kafka_timestamp_ms,
+                    kafka_timestamp_ms: message.timestamp().to_millis(),
                     key: message.key(),
                     value: message.payload(),
                     headers: &headers,
@@ -303,21 +333,20 @@ impl State {
                 });
                 self.telemetry
                     .record_dead_lettered(partition, offset, reason, &error);
+                Ok(())
             }
             ErrorPolicy::Skip => {
-                progress.skipped += 1;
+                self.count_skipped(partition);
                 self.telemetry
                     .record_skipped(partition, offset, reason, &error);
+                Ok(())
             }
-            ErrorPolicy::Fail => {
-                return Err(RunError::Rejected {
-                    partition,
-                    offset,
-                    error,
-                });
-            }
+            ErrorPolicy::Fail => Err(RunError::Rejected {
+                partition,
+                offset,
+                error,
+            }),
         }
-        Ok(())
     }
 
     /// The range each owned partition would commit now.
