@@ -5,9 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sluice::sample::{self, Produced};
 
@@ -154,31 +151,6 @@ async fn sigterm_mid_stream_and_restart_lose_nothing() {
     assert_eq!(counts.len(), 40_000, "every record present");
 }
 
-type Headers<'a> = Vec<(&'a str, &'a [u8])>;
-
-async fn send_raw(
-    producer: &FutureProducer,
-    topic: &str,
-    payload: &[u8],
-    headers: &[(&str, &[u8])],
-) {
-    let mut owned = OwnedHeaders::new();
-    for (key, value) in headers {
-        owned = owned.insert(Header {
-            key,
-            value: Some(*value),
-        });
-    }
-    let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
-        .partition(0)
-        .payload(payload)
-        .headers(owned);
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_records_become_dead_letters_and_the_rest_land() {
     let topic = support::unique("orders");
@@ -188,13 +160,10 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
         .await
         .unwrap();
     let sample = reference_sample();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", support::brokers())
-        .create()
-        .unwrap();
+    let producer = support::producer();
     let mut good = Vec::new();
     let truncated = sample.encode(1);
-    let bad: [(&[u8], Headers<'_>, &str, &str); 5] = [
+    let bad: [(&[u8], support::Headers<'_>, &str, &str); 5] = [
         (
             b"\xff\xff\xff\xff not protobuf",
             vec![],
@@ -240,7 +209,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
             } else {
                 sample.encode(seq)
             };
-            send_raw(&producer, &topic, &payload, &h).await;
+            support::send_raw(&producer, &topic, &payload, &h).await;
             good.push(Produced {
                 seq,
                 partition: 0,
@@ -248,7 +217,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
             });
             offset += 1;
         }
-        send_raw(&producer, &topic, payload, headers).await;
+        support::send_raw(&producer, &topic, payload, headers).await;
         bad_offsets.push(offset);
         offset += 1;
     }
@@ -327,11 +296,8 @@ async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
     let good = sample::produce(&support::brokers(), &topic, 1, &sample, 0..50)
         .await
         .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", support::brokers())
-        .create()
-        .unwrap();
-    send_raw(&producer, &topic, b"\xff\xff", &[]).await;
+    let producer = support::producer();
+    support::send_raw(&producer, &topic, b"\xff\xff", &[]).await;
     let mut sink = Sink::new(SinkSpec {
         topic: &topic,
         storage_url: &storage,
@@ -372,10 +338,7 @@ async fn test_tenants_go_to_their_own_prefix_or_are_dropped() {
         .await
         .unwrap();
     let sample = reference_sample();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", support::brokers())
-        .create()
-        .unwrap();
+    let producer = support::producer();
     let (mut prod, mut test, mut dropped) = (Vec::new(), Vec::new(), 0);
     for seq in 0..90u64 {
         let headers = sample.headers(seq);
@@ -385,7 +348,7 @@ async fn test_tenants_go_to_their_own_prefix_or_are_dropped() {
             1 => h.push(("baggage", b"tenant=loadtest")),
             _ => {}
         }
-        send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+        support::send_raw(&producer, &topic, &sample.encode(seq), &h).await;
         let produced = Produced {
             seq,
             partition: 0,

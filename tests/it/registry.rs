@@ -9,9 +9,6 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice::framing::confluent_header;
 use sluice::sample::{self, Produced};
 use sluice::schema::ConfluentRegistry;
@@ -151,30 +148,13 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
         .await
         .unwrap();
     let sample = reference_sample();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", support::brokers())
-        .create()
-        .unwrap();
+    let producer = support::producer();
     let send = |value: Vec<u8>, seq: u64| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        let headers = sample.headers(seq);
+        let (producer, topic, headers) = (producer.clone(), topic.clone(), sample.headers(seq));
         async move {
-            let mut owned = OwnedHeaders::new();
-            for (key, v) in &headers {
-                owned = owned.insert(Header {
-                    key,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
-                .partition(0)
-                .payload(value.as_slice())
-                .headers(owned);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .unwrap();
+            let headers: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            support::send_raw(&producer, &topic, &value, &headers).await;
         }
     };
     let mut good = Vec::new();

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice::sample::{OrderSample, Produced};
@@ -544,4 +546,38 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
         requests,
         auth,
     }
+}
+
+/// A producer to the shared broker.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap()
+}
+
+pub type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// Produces one record to partition 0 of `topic`.
+pub async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (key, value) in headers {
+        owned = owned.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
+        .partition(0)
+        .payload(payload)
+        .headers(owned);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
