@@ -183,6 +183,24 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
     });
     sink.start_with_env(&[("SLUICE_SCHEMA__REGISTRY", &server.url)]);
     sink.wait_committed(&[22], Duration::from_secs(60));
+    // The registry goes down mid-stream: records of the cached id keep
+    // landing; a never-seen id cannot be checked and is a dead letter.
+    server.down.store(true, Ordering::SeqCst);
+    for seq in 22..32u64 {
+        let mut value = confluent_header(7).to_vec();
+        value.extend(sample.encode(seq));
+        send(value, seq).await;
+        good.push(Produced {
+            seq,
+            partition: 0,
+            offset: seq as i64,
+        });
+    }
+    let mut unseen = confluent_header(8).to_vec();
+    unseen.extend(sample.encode(32));
+    send(unseen, 32).await;
+    sink.wait_committed(&[33], Duration::from_secs(120));
+    assert!(sink.is_running(), "a registry outage must not stop sluice");
     assert!(sink.stop().success(), "{}", sink.logs());
     assert!(
         sink.logs().contains("schema from the registry"),
@@ -194,7 +212,7 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
     let counts = check_rows(&read, &good, &sample);
     assert_eq!(counts.len(), good.len());
     let letters = read["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters.len(), 3, "{letters:?}");
     let reason = |offset: i64| {
         letters
             .iter()
@@ -208,4 +226,9 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
         reason(20)
     );
     assert!(reason(21).contains("schema id 99"), "{}", reason(21));
+    assert!(
+        reason(32).contains("schema id 8") && reason(32).contains("unreachable"),
+        "{}",
+        reason(32)
+    );
 }

@@ -501,6 +501,8 @@ pub struct Server {
     pub url: String,
     pub requests: Arc<AtomicUsize>,
     pub auth: Arc<Mutex<Vec<String>>>,
+    /// While set, connections are closed without an answer (registry down).
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn serve(routes: HashMap<String, String>) -> Server {
@@ -509,9 +511,14 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
     let requests = Arc::new(AtomicUsize::new(0));
     let auth = Arc::new(Mutex::new(Vec::new()));
     let (count, seen) = (requests.clone(), auth.clone());
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_down = down.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            if is_down.load(Ordering::SeqCst) {
+                continue;
+            }
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
@@ -545,6 +552,7 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
         url,
         requests,
         auth,
+        down,
     }
 }
 
