@@ -157,11 +157,12 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
             support::send_raw(&producer, &topic, &value, &headers).await;
         }
     };
+    // Event `seq` in the wire format under schema `id`.
+    let framed =
+        |id: u32, seq: u64| [confluent_header(id).as_slice(), &sample.encode(seq)].concat();
     let mut good = Vec::new();
     for seq in 0..20u64 {
-        let mut value = confluent_header(7).to_vec();
-        value.extend(sample.encode(seq));
-        send(value, seq).await;
+        send(framed(7, seq), seq).await;
         good.push(Produced {
             seq,
             partition: 0,
@@ -169,9 +170,7 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
         });
     }
     send(sample.encode(20), 20).await; // plain Protobuf: no magic byte
-    let mut unknown = confluent_header(99).to_vec();
-    unknown.extend(sample.encode(21));
-    send(unknown, 21).await;
+    send(framed(99, 21), 21).await;
 
     let dir = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", dir.path().display());
@@ -187,18 +186,14 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
     // landing; a never-seen id cannot be checked and is a dead letter.
     server.down.store(true, Ordering::SeqCst);
     for seq in 22..32u64 {
-        let mut value = confluent_header(7).to_vec();
-        value.extend(sample.encode(seq));
-        send(value, seq).await;
+        send(framed(7, seq), seq).await;
         good.push(Produced {
             seq,
             partition: 0,
             offset: seq as i64,
         });
     }
-    let mut unseen = confluent_header(8).to_vec();
-    unseen.extend(sample.encode(32));
-    send(unseen, 32).await;
+    send(framed(8, 32), 32).await;
     sink.wait_committed(&[33], Duration::from_secs(120));
     assert!(sink.is_running(), "a registry outage must not stop sluice");
     assert!(sink.stop().success(), "{}", sink.logs());
