@@ -68,6 +68,8 @@ pub struct FinishedFile {
     pub rows: u64,
     pub min_time_micros: i64,
     pub max_time_micros: i64,
+    /// The registry's id of the schema the rows were decoded with.
+    pub schema_id: Option<u32>,
     pub bytes: Vec<u8>,
 }
 
@@ -122,7 +124,12 @@ pub struct Buffers {
     /// Reused buffer for JSON payloads converted to Protobuf.
     json_scratch: Vec<u8>,
     files: HashMap<(i32, i64, u8), OpenFile>,
+    /// Files closed early because the schema changed, uploaded at the next
+    /// checkpoint.
+    rolled: Vec<FinishedFile>,
     metadata: Vec<(&'static str, String)>,
+    /// The registry's id of the schema in use, if it came from a registry.
+    schema_id: Option<u32>,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
 }
@@ -159,9 +166,38 @@ impl Buffers {
             descriptor,
             json_scratch: Vec::new(),
             files: HashMap::new(),
+            rolled: Vec::new(),
             metadata,
+            schema_id: None,
             buffered_bytes: 0,
         }
+    }
+
+    /// The registry's id of the schema the buffers decode with.
+    pub fn with_schema_id(mut self, id: Option<u32>) -> Buffers {
+        self.schema_id = id;
+        self
+    }
+
+    /// Switches to a newer version of the payload schema: the open files
+    /// are closed (they are uploaded at the next checkpoint) and the next
+    /// rows go to new files with the new columns.
+    pub fn evolve(
+        &mut self,
+        schema_id: u32,
+        descriptor: MessageDescriptor,
+        plan: Arc<MessagePlan>,
+    ) -> Result<(), WriteError> {
+        let closed = self.close_open()?;
+        self.rolled.extend(closed);
+        self.buffered_bytes = self.rolled.iter().map(|f| f.bytes.len()).sum();
+        let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
+        fields.extend(envelope_fields());
+        self.schema = Arc::new(Schema::new(fields));
+        self.plan = plan;
+        self.descriptor = descriptor;
+        self.schema_id = Some(schema_id);
+        Ok(())
     }
 
     /// The Arrow schema of every file.
@@ -174,7 +210,7 @@ impl Buffers {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.files.is_empty() && self.rolled.is_empty()
     }
 
     /// Decodes `record` into the file of its partition and hour. On error
@@ -221,18 +257,38 @@ impl Buffers {
             }
             keep
         });
+        self.rolled.retain(|file| {
+            let keep = file.partition != partition;
+            if !keep {
+                dropped += file.bytes.len();
+            }
+            keep
+        });
         self.buffered_bytes = self.buffered_bytes.saturating_sub(dropped);
     }
 
-    /// Closes every open file and hands them over, leaving the buffers empty.
+    /// Closes every open file and hands them over with the files rolled
+    /// since the last call, leaving the buffers empty.
     pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
-        let mut finished = Vec::with_capacity(self.files.len());
-        for ((partition, hour, route), file) in self.files.drain() {
-            finished.push(file.finish(&self.schema, partition, hour, route, &self.metadata)?);
-        }
+        let mut finished = std::mem::take(&mut self.rolled);
+        finished.extend(self.close_open()?);
         self.buffered_bytes = 0;
-        finished.sort_by_key(|f| (f.partition, f.hour, f.route));
+        finished.sort_by_key(|f| (f.partition, f.hour, f.route, f.first_offset));
         Ok(finished)
+    }
+
+    fn close_open(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
+        let mut metadata = self.metadata.clone();
+        if let Some(id) = self.schema_id {
+            metadata.push(("sluice.schema_id", id.to_string()));
+        }
+        let mut closed = Vec::with_capacity(self.files.len());
+        for ((partition, hour, route), file) in self.files.drain() {
+            let mut done = file.finish(&self.schema, partition, hour, route, &metadata)?;
+            done.schema_id = self.schema_id;
+            closed.push(done);
+        }
+        Ok(closed)
     }
 }
 
@@ -369,6 +425,7 @@ impl OpenFile {
             rows: self.rows,
             min_time_micros: self.min_time_micros,
             max_time_micros: self.max_time_micros,
+            schema_id: None,
             bytes,
         })
     }

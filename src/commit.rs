@@ -172,6 +172,7 @@ impl Committer {
                 last_offset: file.last_offset,
                 min_event_time_micros: file.min_time_micros,
                 max_event_time_micros: file.max_time_micros,
+                schema_id: file.schema_id,
             },
         ))
     }

@@ -223,6 +223,7 @@ impl DeadLetters {
                 rows: open.rows,
                 min_time_micros: open.min_time_micros,
                 max_time_micros: open.max_time_micros,
+                schema_id: None,
                 bytes: writer.close(&footer)?,
             });
         }

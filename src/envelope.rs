@@ -22,6 +22,9 @@ pub struct Envelope<'a> {
     pub extensions: Vec<(&'a str, &'a str)>,
     /// The value of the header that names the tenant, if present.
     pub tenant_header: Option<&'a str>,
+    /// `ce_dataschema`: where the payload's schema is, for payloads that do
+    /// not carry its id themselves.
+    pub dataschema: Option<&'a str>,
 }
 
 /// `ce_*` attributes the CloudEvents specification defines; any other
@@ -76,6 +79,7 @@ impl<'a> Envelope<'a> {
             encoding: Encoding::Protobuf,
             extensions: Vec::new(),
             tenant_header: None,
+            dataschema: None,
         };
         let mut time = None;
         for (key, value) in headers {
@@ -84,6 +88,7 @@ impl<'a> Envelope<'a> {
                 "ce_id" => envelope.id = Some(utf8("ce_id", value)?),
                 "ce_source" => envelope.source = Some(utf8("ce_source", value)?),
                 "ce_time" => time = Some(parse_time(utf8("ce_time", value)?)?),
+                "ce_dataschema" => envelope.dataschema = Some(utf8("ce_dataschema", value)?),
                 "content-type" => envelope.encoding = encoding(utf8("content-type", value)?)?,
                 other if other == tenant_header => {
                     envelope.tenant_header = Some(utf8("tenant header", value)?);
@@ -163,6 +168,11 @@ mod tests {
         assert_eq!(e.id, Some("abc"));
         assert_eq!(e.source, Some("/orders"));
         assert_eq!(e.time_micros, 1_767_323_045_123_456);
+        assert_eq!(e.dataschema, None);
+        let with_schema: &[(&str, &[u8])] = &[("ce_dataschema", b"https://r/schemas/ids/4")];
+        let e = parse(with_schema, None).unwrap();
+        assert_eq!(e.dataschema, Some("https://r/schemas/ids/4"));
+        assert!(e.extensions.is_empty());
     }
 
     #[test]

@@ -99,6 +99,7 @@ mod tests {
             last_offset: 5,
             min_event_time_micros: 0,
             max_event_time_micros: 0,
+            schema_id: None,
         };
         manifests
             .commit(&Manifest {

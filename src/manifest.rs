@@ -43,6 +43,9 @@ pub struct ManifestFile {
     pub last_offset: i64,
     pub min_event_time_micros: i64,
     pub max_event_time_micros: i64,
+    /// The registry's id of the schema version the rows were written with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -278,8 +278,21 @@ impl State {
         };
         let value = message.payload().unwrap_or(&[]);
         let payload = match envelope.encoding {
-            Encoding::Protobuf => match self.framing.payload(value) {
-                Ok(payload) => payload,
+            Encoding::Protobuf => match self.framing.payload(value, envelope.dataschema) {
+                Ok(framed) => {
+                    if let Some(upgrade) = framed.upgrade {
+                        self.buffers
+                            .evolve(upgrade.id, upgrade.descriptor, upgrade.plan)?;
+                        self.telemetry.schema_in_use(upgrade.id, true);
+                    }
+                    framed.payload
+                }
+                Err(e) if e.is_incompatible() => {
+                    return Ok(Outcome::Failed(
+                        FailReason::IncompatibleSchema,
+                        e.to_string(),
+                    ));
+                }
                 Err(e) => return Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
             },
             Encoding::Json => value,

@@ -8,6 +8,7 @@
 mod column;
 mod confluent;
 mod decode;
+mod evolve;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use prost_reflect::{DescriptorPool, MessageDescriptor};
 pub use column::{Column, UTC};
 pub use confluent::{ConfluentRegistry, RegistryError};
 pub use decode::{DecodeError, Decoder};
+pub use evolve::check_compatible;
 pub use plan::MessagePlan;
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,8 @@ pub enum FailReason {
     Envelope,
     /// The payload did not decode against the schema.
     Decode,
+    /// The record's schema version conflicts with the one in use.
+    IncompatibleSchema,
 }
 
 impl FailReason {
@@ -39,6 +41,7 @@ impl FailReason {
         match self {
             FailReason::Envelope => "envelope",
             FailReason::Decode => "decode",
+            FailReason::IncompatibleSchema => "incompatible_schema",
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct Telemetry {
     offset_commit_failures: Counter,
     fenced: Counter,
     buffered: Gauge,
+    schema_id: Gauge,
     checkpoint_seconds: Histogram,
     upload_seconds: Histogram,
 }
@@ -74,6 +78,7 @@ impl Telemetry {
             offset_commit_failures: counter!("sluice_kafka_commit_failures_total", &label),
             fenced: counter!("sluice_fencing_rejections_total", &label),
             buffered: gauge!("sluice_buffered_bytes", &label),
+            schema_id: gauge!("sluice_schema_id", &label),
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
         }
@@ -118,6 +123,17 @@ impl Telemetry {
         );
         counter!("sluice_records_skipped_total", "event" => self.event.clone(), "reason" => reason.label())
             .increment(1);
+    }
+
+    /// The registry's id of the schema version rows are decoded with.
+    pub fn schema_in_use(&self, id: u32, rolled: bool) {
+        if rolled {
+            info!(
+                schema_id = id,
+                "newer schema version: open files closed, decoding with it from here on"
+            );
+        }
+        self.schema_id.set(f64::from(id));
     }
 
     pub fn buffered(&self, bytes: usize) {

@@ -42,7 +42,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         .block_on(async { telemetry::install_exporter(listen) })
         .map_err(anyhow::Error::msg)?;
 
-    let (descriptor, framing) = schema(&config)?;
+    let (descriptor, schema_id, framing) = schema(&config)?;
     let plan = Arc::new(MessagePlan::new(
         &descriptor,
         config.schema.recursion_depth,
@@ -64,6 +64,9 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     )?;
 
     let telemetry = Telemetry::new(&config.event.name);
+    if let Some(id) = schema_id {
+        telemetry.schema_in_use(id, false);
+    }
     let stop = pipeline::stop_on_signals(&handle);
     let metadata = vec![
         ("sluice.event", config.event.name.clone()),
@@ -77,7 +80,8 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         plan,
         writer::properties(&buffer::UNIQUE_COLUMNS),
         metadata,
-    );
+    )
+    .with_schema_id(schema_id);
     let staging = config.staging_prefix(&prefix);
     let committer = Committer {
         store,
@@ -117,12 +121,13 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The payload message and how payloads are framed, from `schema.registry`.
-fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Framing)> {
+/// The payload message, its registry id and how payloads are framed, from
+/// `schema.registry`.
+fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Framing)> {
     match config.schema_source().map_err(anyhow::Error::msg)? {
         SchemaSource::Local(dir) => {
             let registry = LocalRegistry::open(&dir)?;
-            Ok((registry.message(&config.event.message)?, Framing::Plain))
+            Ok((registry.message(&config.event.message)?, None, Framing::Plain))
         }
         SchemaSource::Confluent { url, subject } => {
             let registry = Arc::new(ConfluentRegistry::new(&url));
@@ -136,10 +141,13 @@ fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Framing)> {
                     )
                 })?;
             info!(subject = %subject, schema_id = id, "schema from the registry");
-            Ok((
-                descriptor,
-                Framing::confluent(registry, &config.event.message, id),
-            ))
+            let framing = Framing::confluent(
+                registry,
+                id,
+                descriptor.clone(),
+                config.schema.recursion_depth,
+            );
+            Ok((descriptor, Some(id), framing))
         }
     }
 }

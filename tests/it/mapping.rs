@@ -25,6 +25,7 @@ fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path:
         encoding: Encoding::Protobuf,
         extensions: vec![("traceparent", "00-ab-cd-01")],
         tenant_header: None,
+        dataschema: None,
     };
     let route = 0;
     let record = Record {
