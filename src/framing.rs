@@ -43,7 +43,11 @@ pub enum FramingError {
         expected: String,
     },
     #[error("schema id {id} is incompatible with schema id {current} in use: {reason}")]
-    Incompatible { id: u32, current: u32, reason: String },
+    Incompatible {
+        id: u32,
+        current: u32,
+        reason: String,
+    },
 }
 
 impl FramingError {
@@ -94,7 +98,8 @@ pub struct Confluent {
 
 #[derive(Debug)]
 struct Verdict {
-    locator: Locator,
+    /// How records named the message in this schema, each checked once.
+    located: Vec<Locator>,
     /// The message, when the version is accepted.
     accepted: Option<MessageDescriptor>,
     incompatible: Option<(u32, String)>,
@@ -126,7 +131,7 @@ impl Framing {
             verdicts: HashMap::from([(
                 id,
                 Verdict {
-                    locator,
+                    located: vec![locator],
                     accepted: Some(descriptor),
                     incompatible: None,
                 },
@@ -165,17 +170,26 @@ impl Confluent {
             (None, None) => return Err(FramingError::Empty),
         };
         let upgrade = match self.verdicts.get(&id) {
-            Some(v) if v.locator == locator => match &v.incompatible {
-                None => None,
-                Some((current, reason)) => {
-                    return Err(FramingError::Incompatible {
-                        id,
-                        current: *current,
-                        reason: reason.clone(),
-                    });
+            Some(Verdict {
+                incompatible: Some((current, reason)),
+                ..
+            }) => {
+                return Err(FramingError::Incompatible {
+                    id,
+                    current: *current,
+                    reason: reason.clone(),
+                });
+            }
+            Some(v) if v.located.contains(&locator) => None,
+            Some(_) => {
+                // An accepted version, its message named another way.
+                self.locate(id, locator)?;
+                if let Some(v) = self.verdicts.get_mut(&id) {
+                    v.located.push(locator);
                 }
-            },
-            _ => self.resolve(id, locator)?,
+                None
+            }
+            None => self.resolve(id, locator)?,
         };
         Ok(Framed {
             payload,
@@ -184,7 +198,7 @@ impl Confluent {
         })
     }
 
-    /// First sight of `id` (or of another message path under it): fetch,
+    /// First sight of `id`: fetch,
     /// check it names this sink's message and agrees with every version
     /// accepted so far (compatibility is not transitive: a field removed in
     /// one version may come back with another type in the next).
@@ -222,7 +236,7 @@ impl Confluent {
         self.verdicts.insert(
             id,
             Verdict {
-                locator,
+                located: vec![locator],
                 accepted: verdict.is_ok().then(|| descriptor.clone()),
                 incompatible: verdict.as_ref().err().map(|r| (current, r.clone())),
             },
@@ -366,7 +380,10 @@ mod tests {
         path[..2].copy_from_slice(&[1, 2]);
         assert_eq!(locator, Locator::Path(path, 2));
         assert_eq!(payload, &[0x08]);
-        assert!(matches!(wire_format(&[0, 0, 0]), Err(FramingError::Truncated)));
+        assert!(matches!(
+            wire_format(&[0, 0, 0]),
+            Err(FramingError::Truncated)
+        ));
         assert!(matches!(
             wire_format(&[0, 0, 0, 0, 1, 40]),
             Err(FramingError::PathTooDeep)
@@ -375,10 +392,18 @@ mod tests {
 
     #[test]
     fn dataschema_names_a_schema_id() {
-        assert_eq!(schema_id_in("https://registry:8081/schemas/ids/42").unwrap(), 42);
+        assert_eq!(
+            schema_id_in("https://registry:8081/schemas/ids/42").unwrap(),
+            42
+        );
         assert_eq!(schema_id_in("http://r/schemas/ids/42/schema").unwrap(), 42);
         assert_eq!(schema_id_in("schemas/ids/3").unwrap(), 3);
-        for bad in ["https://r/subjects/x/versions/1", "https://r/schemas/ids/x", "42", ""] {
+        for bad in [
+            "https://r/subjects/x/versions/1",
+            "https://r/schemas/ids/x",
+            "42",
+            "",
+        ] {
             let e = schema_id_in(bad).unwrap_err().to_string();
             assert!(e.contains("does not name a schema id"), "{bad}: {e}");
         }

@@ -127,7 +127,11 @@ fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Fr
     match config.schema_source().map_err(anyhow::Error::msg)? {
         SchemaSource::Local(dir) => {
             let registry = LocalRegistry::open(&dir)?;
-            Ok((registry.message(&config.event.message)?, None, Framing::Plain))
+            Ok((
+                registry.message(&config.event.message)?,
+                None,
+                Framing::Plain,
+            ))
         }
         SchemaSource::Confluent { url, subject } => {
             let registry = Arc::new(ConfluentRegistry::new(&url));

@@ -83,7 +83,10 @@ mod tests {
         let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
         compiler.include_imports(true);
         compiler.open_files(["m.proto"]).unwrap();
-        compiler.descriptor_pool().get_message_by_name("t.M").unwrap()
+        compiler
+            .descriptor_pool()
+            .get_message_by_name("t.M")
+            .unwrap()
     }
 
     const V1: &str = r#"syntax = "proto3"; package t;

@@ -356,7 +356,8 @@ pub fn read_back_committed(url: &str, queue: Option<&str>) -> Value {
     read_back_with(url, queue, &["--committed"])
 }
 
-fn read_back_with(url: &str, queue: Option<&str>, flags: &[&str]) -> Value {
+/// [`read_back`] with more arguments of `read_back.py`.
+pub fn read_back_with(url: &str, queue: Option<&str>, flags: &[&str]) -> Value {
     let mut command = Command::new(python());
     command
         .arg(repo().join("tests/py/read_back.py"))

@@ -1,8 +1,8 @@
 """Reads what sluice wrote, with pyarrow (a Parquet reader sluice did not
 write), and prints it as JSON for the integration tests and the demo.
 
-usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL]
-       read_back.py file:///dir [--rows] [--committed]
+usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL] [--extra COLUMN]
+       read_back.py file:///dir [--rows] [--committed] [--extra COLUMN]
 
 Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...],
 "manifests": [...], "orphans": [...]}. With --committed only the files that a
@@ -10,7 +10,8 @@ manifest lists are read (what loaders may see); the rest are orphans.
 Dead letters are [partition, offset, stage, reason, value hex, headers].
 Rows are [partition, offset, order_id, customer_id, total_cents,
 payment_method, promo_code, placed_at_us, latitude, is_first_order,
-event_id, event_time_us] when the files hold the reference event.
+event_id, event_time_us] when the files hold the reference event, then
+the --extra column's value (null in files without that column).
 """
 import argparse
 import io
@@ -72,6 +73,7 @@ def main():
     parser.add_argument("--rows", action="store_true")
     parser.add_argument("--queue")
     parser.add_argument("--committed", action="store_true")
+    parser.add_argument("--extra")
     args = parser.parse_args()
     out = {"files": [], "rows": [], "messages": [], "manifests": [], "orphans": [],
            "dead_letters": []}
@@ -107,6 +109,9 @@ def main():
                 out["dead_letters"].append(row)
         if args.rows and all(c in table.column_names for c in REFERENCE):
             cols = [table.column(c).to_pylist() for c in REFERENCE]
+            if args.extra:
+                cols.append(table.column(args.extra).to_pylist()
+                            if args.extra in table.column_names else [None] * table.num_rows)
             for row in zip(*cols):
                 row = list(row)
                 row[7] = as_micros(row[7])
