@@ -26,6 +26,8 @@ pub enum DecodeError {
     Truncated,
     #[error("invalid varint")]
     BadVarint,
+    #[error("required field `{0}` is missing")]
+    MissingRequired(String),
     #[error("invalid field number 0")]
     ZeroFieldNumber,
     #[error("unsupported wire type {0}")]
@@ -153,6 +155,7 @@ fn parse(
     if depth >= MAX_DEPTH {
         return Err(DecodeError::TooDeep);
     }
+    let level_start = scratch.entries.len();
     let mut pos = start;
     while pos < end {
         let key = varint(buf, &mut pos, end)?;
@@ -203,7 +206,29 @@ fn parse(
             scratch.entries.push(Entry { field: i, value });
         }
     }
+    for &required in &plan.required {
+        if !level_has(&scratch.entries, level_start, required) {
+            let name = &plan.fields[required as usize].name;
+            return Err(DecodeError::MissingRequired(name.clone()));
+        }
+    }
     Ok(())
+}
+
+/// Whether the level starting at `entries[start]` holds field `index`
+/// (nested messages' entries are skipped over).
+fn level_has(entries: &[Entry], start: usize, index: u32) -> bool {
+    let mut i = start;
+    while let Some(entry) = entries.get(i) {
+        if entry.field == index {
+            return true;
+        }
+        i = match entry.value {
+            Value::Message { end } => end as usize,
+            _ => i + 1,
+        };
+    }
+    false
 }
 
 /// A length-delimited value of a known field: nested message, string, bytes,

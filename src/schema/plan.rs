@@ -20,6 +20,8 @@ const DENSE_LIMIT: u32 = 256;
 #[derive(Debug)]
 pub struct MessagePlan {
     pub(crate) fields: Vec<FieldPlan>,
+    /// Indices of proto2 `required` fields (nearly always empty).
+    pub(crate) required: Vec<u32>,
     dense: Vec<u16>,
     sparse: HashMap<u32, u16>,
 }
@@ -141,10 +143,14 @@ impl MessagePlan {
         let mut fields = Vec::new();
         let mut dense = vec![0u16; DENSE_LIMIT as usize];
         let mut sparse = HashMap::new();
+        let mut required = Vec::new();
         for field in message.fields() {
             let index = u16::try_from(fields.len() + 1).map_err(|_| {
                 SchemaError::Unsupported(format!("{} has too many fields", message.full_name()))
             })?;
+            if field.cardinality() == Cardinality::Required {
+                required.push(u32::from(index - 1));
+            }
             if field.number() < DENSE_LIMIT {
                 dense[field.number() as usize] = index;
             } else {
@@ -155,6 +161,7 @@ impl MessagePlan {
         b.ancestors.pop();
         Ok(MessagePlan {
             fields,
+            required,
             dense,
             sparse,
         })
