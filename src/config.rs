@@ -108,6 +108,12 @@ pub struct SchemaConfig {
     /// to `<topic>-value` (Confluent's TopicNameStrategy).
     #[serde(default)]
     pub subject: Option<String>,
+    /// The subject's version to start with: `latest` (the default) or a
+    /// version number, to pin the sink while an incompatible version is
+    /// sorted out. Newer compatible versions are still picked up as records
+    /// bring them.
+    #[serde(default, deserialize_with = "de::version")]
+    pub version: Option<u32>,
     /// How many levels a recursive message is expanded into columns; below
     /// that, the field is written as its canonical JSON (a string column).
     #[serde(default = "default_recursion_depth", deserialize_with = "de::usize")]
@@ -282,7 +288,12 @@ fn default_metrics_listen() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaSource {
     Local(PathBuf),
-    Confluent { url: String, subject: String },
+    Confluent {
+        url: String,
+        subject: String,
+        /// `None`: the latest version.
+        version: Option<u32>,
+    },
 }
 
 /// The parsed form of `storage.url`.
@@ -431,6 +442,7 @@ impl Config {
                         .subject
                         .clone()
                         .unwrap_or_else(|| format!("{}-value", self.kafka.topic)),
+                    version: self.schema.version,
                 })
             }
             _ => Err(format!(
@@ -565,6 +577,26 @@ mod de {
                 .parse()
                 .map_err(|_| D::Error::custom(format!("expected a whole number, got {s:?}"))),
             Raw::Bool(_) => Err(D::Error::custom("expected a whole number")),
+        }
+    }
+
+    pub(super) fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let expected = || D::Error::custom("expected `latest` or a version number such as 3");
+        match Raw::deserialize(d)? {
+            Raw::Str(s) if s.trim() == "latest" => Ok(None),
+            Raw::Str(s) => s
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&v| v > 0)
+                .map(Some)
+                .ok_or_else(expected),
+            Raw::Int(n) => u32::try_from(n)
+                .ok()
+                .filter(|&v| v > 0)
+                .map(Some)
+                .ok_or_else(expected),
+            Raw::Bool(_) => Err(expected()),
         }
     }
 

@@ -153,3 +153,28 @@ fn byte_sizes() {
     assert_eq!(parse_byte_size("2MB"), Some(2_000_000));
     assert_eq!(parse_byte_size("lots"), None);
 }
+
+#[test]
+fn registry_subject_and_version() {
+    let registry = [("SLUICE_SCHEMA__REGISTRY", "https://registry:8081")];
+    let config = parse(MINIMAL, &registry).unwrap();
+    assert_eq!(
+        config.schema_source().unwrap(),
+        SchemaSource::Confluent {
+            url: "https://registry:8081".into(),
+            subject: "orders-value".into(),
+            version: None,
+        }
+    );
+    for (text, expected) in [("latest", None), ("4", Some(4))] {
+        let env = [registry[0], ("SLUICE_SCHEMA__VERSION", text)];
+        assert_eq!(parse(MINIMAL, &env).unwrap().schema.version, expected);
+    }
+    let pinned = MINIMAL.replace("[storage]", "version = 2\n[storage]");
+    assert_eq!(parse(&pinned, &[]).unwrap().schema.version, Some(2));
+    let e = error(&MINIMAL.replace("[storage]", "version = 0\n[storage]"), &[]);
+    assert!(
+        e.contains("schema.version") && e.contains("expected `latest` or a version number"),
+        "{e}"
+    );
+}

@@ -133,9 +133,13 @@ fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Fr
                 Framing::Plain,
             ))
         }
-        SchemaSource::Confluent { url, subject } => {
+        SchemaSource::Confluent {
+            url,
+            subject,
+            version,
+        } => {
             let registry = Arc::new(ConfluentRegistry::new(&url));
-            let (id, pool) = registry.latest(&subject)?;
+            let (id, pool) = registry.subject_version(&subject, version)?;
             let descriptor = pool
                 .get_message_by_name(&config.event.message)
                 .ok_or_else(|| {

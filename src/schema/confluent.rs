@@ -105,6 +105,14 @@ impl ConfluentRegistry {
             return Ok(pool.clone());
         }
         let answer: SchemaAnswer = self.get(&format!("/schemas/ids/{id}"))?;
+        self.compile_and_cache(id, answer)
+    }
+
+    fn compile_and_cache(
+        &self,
+        id: u32,
+        answer: SchemaAnswer,
+    ) -> Result<Arc<DescriptorPool>, RegistryError> {
         let pool = Arc::new(self.compile(id, answer)?);
         self.cache
             .lock()
@@ -115,9 +123,19 @@ impl ConfluentRegistry {
 
     /// The id and compiled schema of a subject's latest version.
     pub fn latest(&self, subject: &str) -> Result<(u32, Arc<DescriptorPool>), RegistryError> {
-        let answer: SchemaAnswer = self.get(&format!("/subjects/{subject}/versions/latest"))?;
+        self.subject_version(subject, None)
+    }
+
+    /// The id and compiled schema of a subject's `version` (`None`: latest).
+    pub fn subject_version(
+        &self,
+        subject: &str,
+        version: Option<u32>,
+    ) -> Result<(u32, Arc<DescriptorPool>), RegistryError> {
+        let version = version.map_or_else(|| "latest".to_owned(), |v| v.to_string());
+        let answer: SchemaAnswer = self.get(&format!("/subjects/{subject}/versions/{version}"))?;
         let id = answer.id.unwrap_or_default();
-        Ok((id, self.schema(id)?))
+        Ok((id, self.compile_and_cache(id, answer)?))
     }
 
     fn compile(&self, id: u32, answer: SchemaAnswer) -> Result<DescriptorPool, RegistryError> {

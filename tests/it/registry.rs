@@ -44,6 +44,10 @@ fn routes() -> HashMap<String, String> {
             schema(ORDER, order_refs, 7),
         ),
         (
+            "/subjects/orders-value/versions/1".to_owned(),
+            schema(ORDER, order_refs, 6),
+        ),
+        (
             "/schemas/ids/9".to_owned(),
             r#"{"schema": "{\"type\": \"string\"}"}"#.to_owned(),
         ),
@@ -72,12 +76,15 @@ fn schema_by_id_resolves_references_and_is_cached() {
 }
 
 #[test]
-fn latest_version_of_a_subject() {
+fn latest_or_pinned_version_of_a_subject() {
     let server = serve(routes());
     let registry = ConfluentRegistry::new(&server.url);
     let (id, pool) = registry.latest("orders-value").unwrap();
     assert_eq!(id, 7);
     assert!(pool.get_message_by_name("shop.Order").is_some());
+    // A pinned version (`schema.version`).
+    let (id, _) = registry.subject_version("orders-value", Some(1)).unwrap();
+    assert_eq!(id, 6);
 }
 
 #[test]
