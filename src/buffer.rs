@@ -103,6 +103,13 @@ fn envelope_fields() -> [Field; 7] {
     ]
 }
 
+/// The payload's columns, then the envelope's.
+fn table_schema(plan: &MessagePlan) -> SchemaRef {
+    let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
+    fields.extend(envelope_fields());
+    Arc::new(Schema::new(fields))
+}
+
 /// CloudEvents extension attributes as one JSON object.
 struct Extensions<'a>(&'a [(&'a str, &'a str)]);
 
@@ -156,11 +163,9 @@ impl Buffers {
         properties: WriterProperties,
         metadata: Vec<(&'static str, String)>,
     ) -> Buffers {
-        let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
-        fields.extend(envelope_fields());
         Buffers {
+            schema: table_schema(&plan),
             plan,
-            schema: Arc::new(Schema::new(fields)),
             properties,
             decoder: Decoder::new(),
             descriptor,
@@ -191,9 +196,7 @@ impl Buffers {
         let closed = self.close_open()?;
         self.rolled.extend(closed);
         self.buffered_bytes = self.rolled.iter().map(|f| f.bytes.len()).sum();
-        let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
-        fields.extend(envelope_fields());
-        self.schema = Arc::new(Schema::new(fields));
+        self.schema = table_schema(&plan);
         self.plan = plan;
         self.descriptor = descriptor;
         self.schema_id = Some(schema_id);
