@@ -45,6 +45,12 @@ pub struct Config {
     /// When buffered rows become committed files.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// When a file is closed before the checkpoint interval.
+    #[serde(default)]
+    pub files: FilesConfig,
+    /// How Parquet files are encoded.
+    #[serde(default)]
+    pub parquet: ParquetConfig,
     /// Limits on what sluice keeps in memory.
     #[serde(default)]
     pub memory: MemoryConfig,
@@ -164,6 +170,135 @@ impl Default for CheckpointConfig {
             interval: default_interval(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// A file closes (its partition checkpoints early) at this many rows.
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub max_rows: Option<u64>,
+    /// A file closes (its partition checkpoints early) at about this many
+    /// encoded bytes: 128MiB by default, the size warehouses load best.
+    #[serde(default = "default_max_file_bytes", deserialize_with = "de::byte_size")]
+    pub max_bytes: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: None,
+            max_bytes: default_max_file_bytes(),
+        }
+    }
+}
+
+/// Parquet encoding. Defaults favour warehouse loading: zstd level 3,
+/// dictionaries (off for near-unique columns), chunk statistics, format 1.0
+/// pages that every reader takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    #[serde(default)]
+    pub compression: Codec,
+    /// zstd 1–22 (3 when unset), gzip 0–9 (6 when unset); other codecs
+    /// take no level.
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub compression_level: Option<u64>,
+    /// Rows per row group.
+    #[serde(default = "default_row_group_rows", deserialize_with = "de::usize")]
+    pub row_group_rows: usize,
+    /// Target size of one data page before compression.
+    #[serde(
+        default = "default_data_page_bytes",
+        deserialize_with = "de::byte_size"
+    )]
+    pub data_page_bytes: u64,
+    /// Dictionary encoding (always off for `_event_id`, `_event_time`,
+    /// `_kafka_offset`, `_kafka_timestamp`).
+    #[serde(default = "default_true", deserialize_with = "de::bool")]
+    pub dictionary: bool,
+    #[serde(default)]
+    pub statistics: Statistics,
+    /// Top-level columns that get a bloom filter.
+    #[serde(default)]
+    pub bloom_filters: Vec<String>,
+    #[serde(default)]
+    pub writer_version: ParquetVersion,
+}
+
+fn default_row_group_rows() -> usize {
+    128 * 1024
+}
+
+fn default_data_page_bytes() -> u64 {
+    1024 * 1024
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        Self {
+            compression: Codec::default(),
+            compression_level: None,
+            row_group_rows: default_row_group_rows(),
+            data_page_bytes: default_data_page_bytes(),
+            dictionary: true,
+            statistics: Statistics::default(),
+            bloom_filters: Vec::new(),
+            writer_version: ParquetVersion::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    #[default]
+    Zstd,
+    Snappy,
+    Lz4,
+    Gzip,
+    None,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Gzip => "gzip",
+            Codec::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistics {
+    None,
+    /// Min/max/null count per column chunk.
+    #[default]
+    Chunk,
+    /// Also per page (the page index), for readers that prune pages.
+    Page,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ParquetVersion {
+    #[default]
+    #[serde(rename = "1.0")]
+    V1,
+    #[serde(rename = "2.0")]
+    V2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -426,6 +561,50 @@ impl Config {
         }
         self.metrics_listen()
             .map_err(|m| bad("metrics.listen", m))?;
+        if self.files.max_rows == Some(0) {
+            return Err(bad("files.max_rows", "expected at least 1".into()));
+        }
+        if self.files.max_bytes < 1024 * 1024 {
+            return Err(bad("files.max_bytes", "expected at least 1MiB".into()));
+        }
+        let parquet = &self.parquet;
+        let level_range = match parquet.compression {
+            Codec::Zstd => Some(1..=22),
+            Codec::Gzip => Some(0..=9),
+            _ => None,
+        };
+        match (parquet.compression_level, level_range) {
+            (Some(level), Some(range)) if !range.contains(&level) => {
+                return Err(bad(
+                    "parquet.compression_level",
+                    format!(
+                        "expected {}–{} for {}, got {level}",
+                        range.start(),
+                        range.end(),
+                        parquet.compression.name()
+                    ),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "parquet.compression_level",
+                    format!(
+                        "{} takes no level; remove the key",
+                        parquet.compression.name()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if parquet.row_group_rows == 0 {
+            return Err(bad("parquet.row_group_rows", "expected at least 1".into()));
+        }
+        if parquet.data_page_bytes < 1024 {
+            return Err(bad(
+                "parquet.data_page_bytes",
+                "expected at least 1KiB".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -567,6 +746,18 @@ mod de {
 
     pub(super) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         opt_bool(d).map(|b| b.unwrap_or(false))
+    }
+
+    pub(super) fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Some(n)),
+            Raw::Str(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("expected a whole number, got {s:?}"))),
+            Raw::Bool(_) => Err(D::Error::custom("expected a whole number")),
+        }
     }
 
     pub(super) fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

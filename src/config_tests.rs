@@ -178,3 +178,49 @@ fn registry_subject_and_version() {
         "{e}"
     );
 }
+
+#[test]
+fn parquet_and_files_sections() {
+    let defaults = parse(MINIMAL, &[]).unwrap();
+    assert_eq!(defaults.parquet.compression, Codec::Zstd);
+    assert_eq!(defaults.files.max_bytes, 128 * 1024 * 1024);
+    let tuned = format!(
+        "{MINIMAL}\n[parquet]\ncompression = \"gzip\"\ncompression_level = 9\n\
+         bloom_filters = [\"order_id\"]\nwriter_version = \"2.0\"\nstatistics = \"page\"\n\
+         [files]\nmax_rows = 1000\nmax_bytes = \"64MiB\"\n"
+    );
+    let config = parse(&tuned, &[]).unwrap();
+    assert_eq!(config.parquet.compression, Codec::Gzip);
+    assert_eq!(config.parquet.writer_version, ParquetVersion::V2);
+    assert_eq!(config.parquet.statistics, Statistics::Page);
+    assert_eq!(config.files.max_rows, Some(1000));
+    assert_eq!(config.files.max_bytes, 64 * 1024 * 1024);
+    let env = [
+        ("SLUICE_PARQUET__COMPRESSION", "snappy"),
+        ("SLUICE_FILES__MAX_ROWS", "5"),
+    ];
+    let config = parse(MINIMAL, &env).unwrap();
+    assert_eq!(config.parquet.compression, Codec::Snappy);
+    assert_eq!(config.files.max_rows, Some(5));
+
+    let cases = [
+        ("compression = \"brotli\"", "parquet.compression", "zstd"),
+        (
+            "compression_level = 23",
+            "parquet.compression_level",
+            "expected 1–22 for zstd, got 23",
+        ),
+        (
+            "compression = \"snappy\"\ncompression_level = 1",
+            "parquet.compression_level",
+            "snappy takes no level",
+        ),
+        ("writer_version = \"3\"", "parquet.writer_version", "1.0"),
+        ("row_group_rows = 0", "parquet.row_group_rows", "at least 1"),
+    ];
+    for (body, key, expected) in cases {
+        let e = error(&format!("{MINIMAL}\n[parquet]\n{body}\n"), &[]);
+        assert!(e.contains(key) && e.contains(expected), "{body}: {e}");
+        assert!(e.contains("sinks/test.toml"), "{e}");
+    }
+}

@@ -8,40 +8,58 @@
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
-/// Rows per row group: large enough for good compression and pruning,
-/// small enough that one row group's pages stay a few MiB for this event size.
-const ROW_GROUP_ROWS: usize = 128 * 1024;
-const ZSTD_LEVEL: i32 = 3;
+use crate::config::{Codec, ParquetConfig, ParquetVersion, Statistics};
+
+const ZSTD_LEVEL: u64 = 3;
+const GZIP_LEVEL: u64 = 6;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode Parquet: {0}")]
 pub struct WriteError(#[from] ParquetError);
 
-/// Settings every file gets. zstd level 3: about snappy's speed with
-/// clearly smaller files, the best trade for files loaded many times.
-/// Dictionary encoding is on except for `unique_columns`, whose values
+/// Writer settings from the sink's `[parquet]` section (validated there).
+/// Dictionary encoding is always off for `unique_columns`, whose values
 /// (ids, offsets, times) rarely repeat: a dictionary there costs a hash per
 /// value and falls back to plain encoding anyway.
-pub fn properties(unique_columns: &[&str]) -> WriterProperties {
-    let mut builder = WriterProperties::builder();
+pub fn properties(config: &ParquetConfig, unique_columns: &[&str]) -> WriterProperties {
+    let level = |default| u32::try_from(config.compression_level.unwrap_or(default)).unwrap_or(0);
+    let compression = match config.compression {
+        Codec::Zstd => Compression::ZSTD(
+            ZstdLevel::try_new(i32::try_from(level(ZSTD_LEVEL)).unwrap_or(3)).unwrap_or_default(),
+        ),
+        Codec::Gzip => Compression::GZIP(GzipLevel::try_new(level(GZIP_LEVEL)).unwrap_or_default()),
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::None => Compression::UNCOMPRESSED,
+    };
+    let mut builder = WriterProperties::builder()
+        .set_writer_version(match config.writer_version {
+            ParquetVersion::V1 => WriterVersion::PARQUET_1_0,
+            ParquetVersion::V2 => WriterVersion::PARQUET_2_0,
+        })
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(config.row_group_rows))
+        .set_data_page_size_limit(usize::try_from(config.data_page_bytes).unwrap_or(usize::MAX))
+        .set_dictionary_enabled(config.dictionary)
+        .set_statistics_enabled(match config.statistics {
+            Statistics::None => EnabledStatistics::None,
+            Statistics::Chunk => EnabledStatistics::Chunk,
+            Statistics::Page => EnabledStatistics::Page,
+        })
+        .set_created_by(format!("sluice version {}", env!("CARGO_PKG_VERSION")));
     for column in unique_columns {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
     }
-    builder
-        .set_writer_version(WriterVersion::PARQUET_1_0)
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
-        ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_created_by(format!("sluice version {}", env!("CARGO_PKG_VERSION")))
-        .build()
+    for column in &config.bloom_filters {
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
+    }
+    builder.build()
 }
 
 /// One Parquet file being written into memory.
@@ -96,7 +114,11 @@ mod tests {
         )]));
         let column = DurationMicrosecondArray::from(vec![Some(90_500_000), None]);
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap();
-        let mut writer = FileWriter::new(schema.clone(), properties(&["d"])).unwrap();
+        let mut writer = FileWriter::new(
+            schema.clone(),
+            properties(&ParquetConfig::default(), &["d"]),
+        )
+        .unwrap();
         writer.write(&batch).unwrap();
         let bytes = writer.close(&[("sluice.event", "e".to_owned())]).unwrap();
         let builder = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap();

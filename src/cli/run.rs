@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::buffer::{self, Buffers};
 use crate::commit::Committer;
-use crate::config::{Config, SchemaSource};
+use crate::config::{Config, ParquetConfig, SchemaSource};
 use crate::dlq::DeadLetters;
 use crate::framing::Framing;
 use crate::manifest::Manifests;
@@ -74,14 +74,34 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.topic", config.kafka.topic.clone()),
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
-    let dead_letters = DeadLetters::new(writer::properties(&[]), metadata.clone());
+    let letters_parquet = ParquetConfig {
+        bloom_filters: Vec::new(),
+        ..config.parquet.clone()
+    };
+    let dead_letters =
+        DeadLetters::new(writer::properties(&letters_parquet, &[]), metadata.clone());
     let buffers = Buffers::new(
         descriptor,
         plan,
-        writer::properties(&buffer::UNIQUE_COLUMNS),
+        writer::properties(&config.parquet, &buffer::UNIQUE_COLUMNS),
         metadata,
     )
     .with_schema_id(schema_id);
+    for column in &config.parquet.bloom_filters {
+        if buffers.schema().field_with_name(column).is_err() {
+            let columns: Vec<&str> = buffers
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            anyhow::bail!(
+                "{}: parquet.bloom_filters: no column `{column}` in the files (columns: {})",
+                config.source_file.display(),
+                columns.join(", ")
+            );
+        }
+    }
     let staging = config.staging_prefix(&prefix);
     let committer = Committer {
         store,

@@ -9,6 +9,7 @@ mod broker;
 mod configs;
 mod exactly_once;
 mod mapping;
+mod parquet;
 mod pipeline;
 mod registry;
 mod stores;
