@@ -6,7 +6,7 @@
 //! writer encodes right away, so memory holds compressed pages, not rows.
 //! This module tracks offsets and sizes; it never does I/O.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -22,9 +22,31 @@ use crate::writer::{FileWriter, WriteError};
 
 /// Rows per record batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
+/// Payload bytes after which a file's pending rows are encoded even if
+/// fewer than [`BATCH_ROWS`] (large records).
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes counted per row on top of its payload, for the memory estimate.
 const ROW_OVERHEAD: usize = 64;
+
+/// When an open file is full.
+#[derive(Debug, Clone, Copy)]
+pub struct FileLimits {
+    pub max_rows: Option<u64>,
+    /// Encoded bytes: the file's size, checked each time pending rows are
+    /// encoded (every [`BATCH_ROWS`] rows or 4 MiB of payload), so a file
+    /// may pass it by up to one batch.
+    pub max_bytes: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: None,
+            max_bytes: usize::MAX,
+        }
+    }
+}
 
 /// One consumed record, borrowed from the consumer.
 #[derive(Debug, Clone)]
@@ -137,6 +159,9 @@ pub struct Buffers {
     metadata: Vec<(&'static str, String)>,
     /// The registry's id of the schema in use, if it came from a registry.
     schema_id: Option<u32>,
+    limits: FileLimits,
+    /// Partitions with a file at a limit: to be checkpointed now.
+    due: BTreeSet<i32>,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
 }
@@ -147,7 +172,10 @@ struct OpenFile {
     pending_rows: usize,
     pending_bytes: usize,
     writer: FileWriter,
+    /// Memory the writer holds.
     encoded_bytes: usize,
+    /// The file reached `max_bytes`.
+    full: bool,
     first_offset: i64,
     last_offset: i64,
     rows: u64,
@@ -174,8 +202,34 @@ impl Buffers {
             rolled: Vec::new(),
             metadata,
             schema_id: None,
+            limits: FileLimits::default(),
+            due: BTreeSet::new(),
             buffered_bytes: 0,
         }
+    }
+
+    /// When a file is full: its partition becomes due for a checkpoint.
+    pub fn with_limits(mut self, limits: FileLimits) -> Buffers {
+        self.limits = limits;
+        self
+    }
+
+    /// Partitions with a file at `max_rows` or `max_bytes` since the last
+    /// call.
+    pub fn take_due(&mut self) -> BTreeSet<i32> {
+        std::mem::take(&mut self.due)
+    }
+
+    /// Bytes held per partition (open and rolled files).
+    pub fn bytes_by_partition(&self) -> BTreeMap<i32, usize> {
+        let mut bytes = BTreeMap::new();
+        for ((partition, _, _), file) in &self.files {
+            *bytes.entry(*partition).or_default() += file.held_bytes();
+        }
+        for file in &self.rolled {
+            *bytes.entry(file.partition).or_default() += file.bytes.len();
+        }
+        bytes
     }
 
     /// The registry's id of the schema the buffers decode with.
@@ -193,7 +247,7 @@ impl Buffers {
         descriptor: MessageDescriptor,
         plan: Arc<MessagePlan>,
     ) -> Result<(), WriteError> {
-        let closed = self.close_open()?;
+        let closed = self.close_open(None)?;
         self.rolled.extend(closed);
         self.buffered_bytes = self.rolled.iter().map(|f| f.bytes.len()).sum();
         self.schema = table_schema(&plan);
@@ -242,10 +296,14 @@ impl Buffers {
         let added = record.payload.len() + ROW_OVERHEAD;
         file.pending_bytes += added;
         self.buffered_bytes += added;
-        if file.pending_rows >= BATCH_ROWS {
+        if file.pending_rows >= BATCH_ROWS || file.pending_bytes >= BATCH_BYTES {
             let before = file.held_bytes();
             file.encode_pending(&self.schema)?;
+            file.full = file.writer.reached(self.limits.max_bytes)?;
             self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
+        }
+        if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
+            self.due.insert(record.partition);
         }
         Ok(())
     }
@@ -260,6 +318,7 @@ impl Buffers {
             }
             keep
         });
+        self.due.remove(&partition);
         self.rolled.retain(|file| {
             let keep = file.partition != partition;
             if !keep {
@@ -273,20 +332,47 @@ impl Buffers {
     /// Closes every open file and hands them over with the files rolled
     /// since the last call, leaving the buffers empty.
     pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
-        let mut finished = std::mem::take(&mut self.rolled);
-        finished.extend(self.close_open()?);
-        self.buffered_bytes = 0;
+        self.finish(None)
+    }
+
+    /// Closes the files of `only` these partitions (all when `None`) and
+    /// hands them over with their rolled files.
+    pub fn finish(
+        &mut self,
+        only: Option<&BTreeSet<i32>>,
+    ) -> Result<Vec<FinishedFile>, WriteError> {
+        let chosen = |partition: i32| only.is_none_or(|set| set.contains(&partition));
+        let (mut finished, kept) = std::mem::take(&mut self.rolled)
+            .into_iter()
+            .partition(|f| chosen(f.partition));
+        self.rolled = kept;
+        finished.extend(self.close_open(only)?);
+        self.buffered_bytes = self.bytes_by_partition().values().sum();
+        self.due.retain(|p| !chosen(*p));
         finished.sort_by_key(|f| (f.partition, f.hour, f.route, f.first_offset));
         Ok(finished)
     }
 
-    fn close_open(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
+    fn close_open(
+        &mut self,
+        only: Option<&BTreeSet<i32>>,
+    ) -> Result<Vec<FinishedFile>, WriteError> {
         let mut metadata = self.metadata.clone();
         if let Some(id) = self.schema_id {
             metadata.push(("sluice.schema_id", id.to_string()));
         }
-        let mut closed = Vec::with_capacity(self.files.len());
-        for ((partition, hour, route), file) in self.files.drain() {
+        let keys: Vec<(i32, i64, u8)> = self
+            .files
+            .keys()
+            .filter(|(p, _, _)| only.is_none_or(|set| set.contains(p)))
+            .copied()
+            .collect();
+        let mut closed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(file) = self.files.remove(&key) else {
+                continue;
+            };
+            let (partition, hour, route) = key;
             let mut done = file.finish(&self.schema, partition, hour, route, &metadata)?;
             done.schema_id = self.schema_id;
             closed.push(done);
@@ -328,6 +414,7 @@ impl OpenFile {
             pending_bytes: 0,
             writer: FileWriter::new(schema.clone(), properties)?,
             encoded_bytes: 0,
+            full: false,
             first_offset: first.offset,
             last_offset: first.offset,
             rows: 0,

@@ -7,7 +7,7 @@
 //! loaders of the event's table must not load them. This module buffers and
 //! encodes; it does no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -55,6 +55,8 @@ struct Open {
     min_time_micros: i64,
     max_time_micros: i64,
     rows: u64,
+    /// Estimated bytes held.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -174,6 +176,7 @@ impl DeadLetters {
             min_time_micros: time,
             max_time_micros: time,
             rows: 0,
+            bytes: 0,
         });
         open.columns.append(letter);
         open.rows += 1;
@@ -186,25 +189,49 @@ impl DeadLetters {
             .iter()
             .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
             .sum();
-        self.buffered_bytes += letter.key.map_or(0, <[u8]>::len)
+        let bytes = letter.key.map_or(0, <[u8]>::len)
             + letter.value.map_or(0, <[u8]>::len)
             + header_bytes
             + letter.reason.len()
             + 64;
+        open.bytes += bytes;
+        self.buffered_bytes += bytes;
+    }
+
+    /// Bytes held per partition.
+    pub fn bytes_by_partition(&self) -> BTreeMap<i32, usize> {
+        self.open.iter().map(|(p, open)| (*p, open.bytes)).collect()
     }
 
     /// Drops what is held for `partition` (it was revoked).
     pub fn drop_partition(&mut self, partition: i32) {
-        self.open.remove(&partition);
-        if self.open.is_empty() {
-            self.buffered_bytes = 0;
+        if let Some(open) = self.open.remove(&partition) {
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(open.bytes);
         }
     }
 
     /// Encodes one file per partition and empties the store.
     pub fn finish_all(&mut self) -> Result<Vec<FinishedFile>, WriteError> {
-        let mut out = Vec::with_capacity(self.open.len());
-        for (partition, mut open) in std::mem::take(&mut self.open) {
+        self.finish(None)
+    }
+
+    /// Encodes the files of `only` these partitions (all when `None`).
+    pub fn finish(
+        &mut self,
+        only: Option<&BTreeSet<i32>>,
+    ) -> Result<Vec<FinishedFile>, WriteError> {
+        let chosen: Vec<i32> = self
+            .open
+            .keys()
+            .filter(|p| only.is_none_or(|set| set.contains(p)))
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(chosen.len());
+        for partition in chosen {
+            let Some(mut open) = self.open.remove(&partition) else {
+                continue;
+            };
+            self.buffered_bytes = self.buffered_bytes.saturating_sub(open.bytes);
             let batch = RecordBatch::try_new(self.schema.clone(), open.columns.finish())
                 .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
             let mut writer = FileWriter::new(self.schema.clone(), self.properties.clone())?;
@@ -227,7 +254,6 @@ impl DeadLetters {
                 bytes: writer.close(&footer)?,
             });
         }
-        self.buffered_bytes = 0;
         Ok(out)
     }
 }

@@ -6,7 +6,7 @@
 //! and stay off the async reactor. Uploads and notifications run on the
 //! Tokio runtime and the loop waits for them at each checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,14 +176,16 @@ impl Pipeline {
                 state.telemetry.buffered(state.buffered_bytes());
                 next_publish = now + PUBLISH_EVERY;
             }
-            if now >= next_checkpoint || state.buffered_bytes() >= state.max_buffer_bytes {
-                state.checkpoint(&consumer)?;
+            if now >= next_checkpoint {
+                state.checkpoint(&consumer, None)?;
                 next_checkpoint = Instant::now() + state.checkpoint_interval;
+            } else if let Some(partitions) = state.due_early() {
+                state.checkpoint(&consumer, Some(&partitions))?;
             }
         }
         state.telemetry.consumed(consumed);
         info!("stopping: committing what is buffered");
-        state.checkpoint(&consumer)?;
+        state.checkpoint(&consumer, None)?;
         consumer.unsubscribe();
         Ok(())
     }
@@ -192,6 +194,41 @@ impl Pipeline {
 impl State {
     fn buffered_bytes(&self) -> usize {
         self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes()
+    }
+
+    /// Partitions to checkpoint before the interval is up: those with a
+    /// full file, and — when the buffers pass three quarters of their
+    /// budget — the partitions holding the most, until half the budget
+    /// would be left. Consumption stops meanwhile (checkpoints are
+    /// synchronous), so the budget holds.
+    fn due_early(&mut self) -> Option<BTreeSet<i32>> {
+        let mut due = self.buffers.take_due();
+        let held = self.buffered_bytes();
+        if held >= self.max_buffer_bytes / 4 * 3 {
+            let mut by_partition = self.buffers.bytes_by_partition();
+            for (partition, bytes) in self.dead_letters.bytes_by_partition() {
+                *by_partition.entry(partition).or_default() += bytes;
+            }
+            let mut largest: Vec<(usize, i32)> =
+                by_partition.into_iter().map(|(p, b)| (b, p)).collect();
+            largest.sort_unstable_by(|a, b| b.cmp(a));
+            let mut left = held;
+            for (bytes, partition) in largest {
+                if left <= self.max_buffer_bytes / 2 {
+                    break;
+                }
+                if due.insert(partition) {
+                    left -= bytes;
+                }
+            }
+            if held >= self.max_buffer_bytes {
+                // Whatever the estimate per partition says: nothing more is
+                // read before everything held is committed.
+                due.extend(self.owned.keys());
+            }
+            self.telemetry.memory_pressure(held, due.len());
+        }
+        (!due.is_empty()).then_some(due)
     }
 
     /// Acts on partitions assigned or revoked during the last poll.
@@ -277,6 +314,16 @@ impl State {
             }
         };
         let value = message.payload().unwrap_or(&[]);
+        let size = value.len() + message.key().map_or(0, <[u8]>::len);
+        if size > self.max_record_bytes() {
+            return Ok(Outcome::Failed(
+                FailReason::TooLarge,
+                format!(
+                    "record of {size} bytes is over the limit of {} bytes per record (an eighth of memory.max_buffer_bytes)",
+                    self.max_record_bytes()
+                ),
+            ));
+        }
         let payload = match envelope.encoding {
             Encoding::Protobuf => match self.framing.payload(value, envelope.dataschema) {
                 Ok(framed) => {
@@ -310,6 +357,12 @@ impl State {
             Err(BufferError::Decode(e)) => Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
             Err(BufferError::Write(e)) => Err(e.into()),
         }
+    }
+
+    /// Records larger than this are dead letters: one record must not take
+    /// a large share of the memory budget.
+    fn max_record_bytes(&self) -> usize {
+        self.max_buffer_bytes / 8
     }
 
     fn count_skipped(&mut self, partition: i32) {
@@ -362,10 +415,11 @@ impl State {
         }
     }
 
-    /// The range each owned partition would commit now.
-    fn ranges(&self) -> Vec<(i32, Range)> {
+    /// The range each owned partition (of `only`, if given) would commit now.
+    fn ranges(&self, only: Option<&BTreeSet<i32>>) -> Vec<(i32, Range)> {
         self.owned
             .iter()
+            .filter(|(p, _)| only.is_none_or(|set| set.contains(p)))
             .filter_map(|(&partition, p)| {
                 let to = p.last_read?;
                 let from = self
@@ -380,18 +434,27 @@ impl State {
     /// Writes, uploads, commits and announces everything buffered. The
     /// partitions are paused meanwhile and the consumer keeps polling, so a
     /// long upload never costs the group membership.
-    fn checkpoint(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+    /// `only`: the partitions to commit (all when `None`).
+    fn checkpoint(
+        &mut self,
+        consumer: &KafkaConsumer,
+        only: Option<&BTreeSet<i32>>,
+    ) -> Result<(), RunError> {
         consumer.context().pause_all(consumer);
-        let result = self.checkpoint_paused(consumer);
+        let result = self.checkpoint_paused(consumer, only);
         consumer.context().resume_all(consumer);
         result
     }
 
-    fn checkpoint_paused(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+    fn checkpoint_paused(
+        &mut self,
+        consumer: &KafkaConsumer,
+        only: Option<&BTreeSet<i32>>,
+    ) -> Result<(), RunError> {
         let started = Instant::now();
-        let mut files = self.buffers.finish_all()?;
-        files.extend(self.dead_letters.finish_all()?);
-        let ranges = self.ranges();
+        let mut files = self.buffers.finish(only)?;
+        files.extend(self.dead_letters.finish(only)?);
+        let ranges = self.ranges(only);
         if ranges.is_empty() && self.outbox.is_empty() {
             self.advise_kafka(consumer);
             return Ok(());

@@ -235,9 +235,19 @@ fn partitions(tpl: &TopicPartitionList) -> String {
 pub type KafkaConsumer = BaseConsumer<SourceContext>;
 
 /// The librdkafka configuration of the sink's consumer.
-pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+/// `kafka_bytes`: the memory share of the client's fetch buffers — half
+/// for the queue of fetched records, half for one fetch response (at least
+/// 1 MiB, what the broker's default record size limit needs). Pass-through
+/// properties may set them otherwise.
+pub fn client_config(kafka: &KafkaConfig, client_id: &str, kafka_bytes: u64) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("partition.assignment.strategy", "cooperative-sticky");
+    let half = kafka_bytes / 2;
+    config.set(
+        "queued.max.messages.kbytes",
+        (half / 1024).max(1024).to_string(),
+    );
+    config.set("fetch.max.bytes", half.max(1 << 20).to_string());
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -256,9 +266,10 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
 pub fn connect(
     kafka: &KafkaConfig,
     client_id: &str,
+    kafka_bytes: u64,
     context: SourceContext,
 ) -> Result<KafkaConsumer, SourceError> {
-    let consumer: KafkaConsumer = client_config(kafka, client_id)
+    let consumer: KafkaConsumer = client_config(kafka, client_id, kafka_bytes)
         .create_with_context(context)
         .map_err(SourceError::Create)?;
     consumer
@@ -306,10 +317,11 @@ mod tests {
                 ("fetch.max.bytes".to_owned(), "1000000".to_owned()),
             ]),
         };
-        let config = client_config(&kafka, "c");
+        let config = client_config(&kafka, "c", 64 << 20);
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("fetch.max.bytes"), Some("1000000"));
         assert_eq!(config.get("group.id"), Some("g"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("32768"));
     }
 }

@@ -34,6 +34,8 @@ pub enum FailReason {
     Decode,
     /// The record's schema version conflicts with the one in use.
     IncompatibleSchema,
+    /// The record is larger than the memory budget allows for one record.
+    TooLarge,
 }
 
 impl FailReason {
@@ -42,6 +44,7 @@ impl FailReason {
             FailReason::Envelope => "envelope",
             FailReason::Decode => "decode",
             FailReason::IncompatibleSchema => "incompatible_schema",
+            FailReason::TooLarge => "too_large",
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct Telemetry {
     fenced: Counter,
     buffered: Gauge,
     schema_id: Gauge,
+    early_checkpoints: Counter,
     checkpoint_seconds: Histogram,
     upload_seconds: Histogram,
 }
@@ -79,6 +83,7 @@ impl Telemetry {
             fenced: counter!("sluice_fencing_rejections_total", &label),
             buffered: gauge!("sluice_buffered_bytes", &label),
             schema_id: gauge!("sluice_schema_id", &label),
+            early_checkpoints: counter!("sluice_memory_checkpoints_total", &label),
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
         }
@@ -134,6 +139,15 @@ impl Telemetry {
             );
         }
         self.schema_id.set(f64::from(id));
+    }
+
+    /// The buffers passed three quarters of their budget.
+    pub fn memory_pressure(&self, held: usize, partitions: usize) {
+        debug!(
+            held,
+            partitions, "memory budget nearly reached: checkpointing the largest partitions early"
+        );
+        self.early_checkpoints.increment(1);
     }
 
     pub fn buffered(&self, bytes: usize) {

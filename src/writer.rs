@@ -84,6 +84,18 @@ impl FileWriter {
         self.inner.inner().len() + self.inner.memory_size()
     }
 
+    /// Whether the file has reached `limit` bytes. The open row group's
+    /// size is only an estimate before compression (about twice the real
+    /// size here), so when the estimate says yes the row group is closed
+    /// and its real size decides.
+    pub fn reached(&mut self, limit: usize) -> Result<bool, WriteError> {
+        if self.inner.bytes_written() + self.inner.in_progress_size() < limit {
+            return Ok(false);
+        }
+        self.inner.flush()?;
+        Ok(self.inner.bytes_written() >= limit)
+    }
+
     /// Finishes the file with `metadata` in its footer and returns its bytes.
     pub fn close(mut self, metadata: &[(&str, String)]) -> Result<Vec<u8>, WriteError> {
         for (key, value) in metadata {

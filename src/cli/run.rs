@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use prost_reflect::MessageDescriptor;
 use tracing::info;
 
-use crate::buffer::{self, Buffers};
+use crate::buffer::{self, Buffers, FileLimits};
 use crate::commit::Committer;
 use crate::config::{Config, ParquetConfig, SchemaSource};
 use crate::dlq::DeadLetters;
@@ -57,9 +57,14 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         &config.kafka.topic,
     );
     let context = SourceContext::new(&config.kafka.topic, manifests.clone(), handle.clone());
+    // The memory budget: a quarter for the Kafka client's fetch buffers,
+    // the rest for open files.
+    let budget = config.memory.max_buffer_bytes;
+    let kafka_bytes = budget / 4;
     let consumer = source::connect(
         &config.kafka,
         &format!("sluice-{}", config.event.name),
+        kafka_bytes,
         context,
     )?;
 
@@ -86,7 +91,11 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         writer::properties(&config.parquet, &buffer::UNIQUE_COLUMNS),
         metadata,
     )
-    .with_schema_id(schema_id);
+    .with_schema_id(schema_id)
+    .with_limits(FileLimits {
+        max_rows: config.files.max_rows,
+        max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
+    });
     for column in &config.parquet.bloom_filters {
         if buffers.schema().field_with_name(column).is_err() {
             let columns: Vec<&str> = buffers
@@ -133,7 +142,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         handle,
         telemetry,
         config.checkpoint.interval,
-        usize::try_from(config.memory.max_buffer_bytes).unwrap_or(usize::MAX),
+        usize::try_from(budget - kafka_bytes).unwrap_or(usize::MAX),
     )
     .run(&stop)?;
     info!("stopped cleanly");

@@ -8,6 +8,7 @@
 mod broker;
 mod configs;
 mod exactly_once;
+mod files;
 mod mapping;
 mod parquet;
 mod pipeline;
