@@ -1,5 +1,5 @@
 //! Rows between consume and upload: one open Parquet file per
-//! (Kafka partition, event hour).
+//! (Kafka partition, folder from `files.path`, tenant route).
 //!
 //! A record is decoded straight into its file's Arrow columns; every
 //! [`BATCH_ROWS`] rows the columns become a record batch that the file's
@@ -17,6 +17,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 
 use crate::envelope::{Encoding, Envelope};
 use crate::layout;
+use crate::partitioning::Partitioning;
 use crate::schema::{Column, DecodeError, Decoder, MessagePlan, UTC};
 use crate::writer::{FileWriter, WriteError};
 
@@ -28,6 +29,10 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes counted per row on top of its payload, for the memory estimate.
 const ROW_OVERHEAD: usize = 64;
+
+/// An open file: Kafka partition, time bucket, field value (interned),
+/// route.
+type FileKey = (i32, i64, u32, u8);
 
 /// When an open file is full.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +89,10 @@ pub struct FinishedFile {
     /// As [`Record::route`].
     pub route: u8,
     pub partition: i32,
+    /// The hour of the earliest event (dead letters' folder).
     pub hour: i64,
+    /// Data files: the folder below the prefix, from `files.path`.
+    pub folder: String,
     pub first_offset: i64,
     pub last_offset: i64,
     pub rows: u64,
@@ -152,7 +160,7 @@ pub struct Buffers {
     descriptor: MessageDescriptor,
     /// Reused buffer for JSON payloads converted to Protobuf.
     json_scratch: Vec<u8>,
-    files: HashMap<(i32, i64, u8), OpenFile>,
+    files: HashMap<FileKey, OpenFile>,
     /// Files closed early because the schema changed, uploaded at the next
     /// checkpoint.
     rolled: Vec<FinishedFile>,
@@ -162,6 +170,12 @@ pub struct Buffers {
     limits: FileLimits,
     /// Partitions with a file at a limit: to be checkpointed now.
     due: BTreeSet<i32>,
+    partitioning: Partitioning,
+    /// Field values of open files' folders, by index.
+    values: Vec<String>,
+    value_index: HashMap<String, u32>,
+    /// Reused for the field value of each record.
+    value_scratch: String,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
 }
@@ -204,8 +218,18 @@ impl Buffers {
             schema_id: None,
             limits: FileLimits::default(),
             due: BTreeSet::new(),
+            partitioning: Partitioning::hourly(""),
+            values: Vec::new(),
+            value_index: HashMap::new(),
+            value_scratch: String::new(),
             buffered_bytes: 0,
         }
+    }
+
+    /// Which folder each row goes to.
+    pub fn with_partitioning(mut self, partitioning: Partitioning) -> Buffers {
+        self.partitioning = partitioning;
+        self
     }
 
     /// When a file is full: its partition becomes due for a checkpoint.
@@ -223,7 +247,7 @@ impl Buffers {
     /// Bytes held per partition (open and rolled files).
     pub fn bytes_by_partition(&self) -> BTreeMap<i32, usize> {
         let mut bytes = BTreeMap::new();
-        for ((partition, _, _), file) in &self.files {
+        for ((partition, _, _, _), file) in &self.files {
             *bytes.entry(*partition).or_default() += file.held_bytes();
         }
         for file in &self.rolled {
@@ -270,24 +294,40 @@ impl Buffers {
         self.files.is_empty() && self.rolled.is_empty()
     }
 
-    /// Decodes `record` into the file of its partition and hour. On error
+    /// Decodes `record` into the file of its partition and folder. On error
     /// the record is not added anywhere.
     pub fn push(&mut self, record: &Record<'_>) -> Result<(), BufferError> {
-        let hour = layout::hour_of(record.envelope.time_micros);
-        let file = match self.files.entry((record.partition, hour, record.route)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(OpenFile::new(
-                &self.schema,
-                self.properties.clone(),
-                record,
-            )?),
-        };
         let payload = match record.envelope.encoding {
             Encoding::Protobuf => record.payload,
             Encoding::Json => {
                 json_to_protobuf(&self.descriptor, record.payload, &mut self.json_scratch)?;
                 &self.json_scratch
             }
+        };
+        let bucket = self.partitioning.bucket(
+            record.envelope.time_micros,
+            record.kafka_timestamp_ms,
+            payload,
+        );
+        self.partitioning
+            .field_value(payload, &mut self.value_scratch);
+        let value = match self.value_index.get(self.value_scratch.as_str()) {
+            Some(&i) => i,
+            None => {
+                let i = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+                self.values.push(self.value_scratch.clone());
+                self.value_index.insert(self.value_scratch.clone(), i);
+                i
+            }
+        };
+        let key = (record.partition, bucket, value, record.route);
+        let file = match self.files.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(OpenFile::new(
+                &self.schema,
+                self.properties.clone(),
+                record,
+            )?),
         };
         let payload_columns = self.plan.fields.len();
         self.decoder
@@ -311,7 +351,7 @@ impl Buffers {
     /// Drops everything buffered for `partition` (it was revoked).
     pub fn drop_partition(&mut self, partition: i32) {
         let mut dropped = 0;
-        self.files.retain(|(p, _, _), file| {
+        self.files.retain(|(p, _, _, _), file| {
             let keep = *p != partition;
             if !keep {
                 dropped += file.held_bytes();
@@ -347,9 +387,20 @@ impl Buffers {
             .partition(|f| chosen(f.partition));
         self.rolled = kept;
         finished.extend(self.close_open(only)?);
+        if self.files.is_empty() {
+            self.values.clear();
+            self.value_index.clear();
+        }
         self.buffered_bytes = self.bytes_by_partition().values().sum();
         self.due.retain(|p| !chosen(*p));
-        finished.sort_by_key(|f| (f.partition, f.hour, f.route, f.first_offset));
+        finished.sort_by(|a, b| {
+            (a.partition, &a.folder, a.route, a.first_offset).cmp(&(
+                b.partition,
+                &b.folder,
+                b.route,
+                b.first_offset,
+            ))
+        });
         Ok(finished)
     }
 
@@ -361,10 +412,10 @@ impl Buffers {
         if let Some(id) = self.schema_id {
             metadata.push(("sluice.schema_id", id.to_string()));
         }
-        let keys: Vec<(i32, i64, u8)> = self
+        let keys: Vec<FileKey> = self
             .files
             .keys()
-            .filter(|(p, _, _)| only.is_none_or(|set| set.contains(p)))
+            .filter(|(p, _, _, _)| only.is_none_or(|set| set.contains(p)))
             .copied()
             .collect();
         let mut closed = Vec::with_capacity(keys.len());
@@ -372,9 +423,17 @@ impl Buffers {
             let Some(file) = self.files.remove(&key) else {
                 continue;
             };
-            let (partition, hour, route) = key;
-            let mut done = file.finish(&self.schema, partition, hour, route, &metadata)?;
+            if file.rows == 0 {
+                // Only records that failed to decode came to it.
+                continue;
+            }
+            let (partition, bucket, value, route) = key;
+            let folder = self
+                .partitioning
+                .folder(bucket, &self.values[value as usize]);
+            let mut done = file.finish(&self.schema, partition, route, &metadata)?;
             done.schema_id = self.schema_id;
+            done.folder = folder;
             closed.push(done);
         }
         Ok(closed)
@@ -495,7 +554,6 @@ impl OpenFile {
         mut self,
         schema: &SchemaRef,
         partition: i32,
-        hour: i64,
         route: u8,
         metadata: &[(&'static str, String)],
     ) -> Result<FinishedFile, WriteError> {
@@ -509,7 +567,8 @@ impl OpenFile {
             kind: FileKind::Data,
             route,
             partition,
-            hour,
+            hour: layout::hour_of(self.min_time_micros),
+            folder: String::new(),
             first_offset: self.first_offset,
             last_offset: self.last_offset,
             rows: self.rows,

@@ -123,24 +123,30 @@ impl Committer {
     }
 
     async fn upload_one(&self, file: FinishedFile) -> Result<(i32, ManifestFile), CommitError> {
-        let key_of = match file.kind {
-            FileKind::Data => layout::data_key,
-            FileKind::DeadLetters => layout::dead_letter_key,
-        };
         let tenant = file
             .route
             .checked_sub(1)
             .and_then(|i| self.tenancy.prefix(i));
         let prefix = tenant.map_or(self.prefix.as_str(), |(_, p)| p.as_str());
-        let key = key_of(
-            prefix,
-            &self.event,
-            file.hour,
-            &self.topic,
-            file.partition,
-            file.first_offset,
-            file.last_offset,
-        );
+        let key = match file.kind {
+            FileKind::Data => layout::file_key(
+                prefix,
+                &file.folder,
+                &self.topic,
+                file.partition,
+                file.first_offset,
+                file.last_offset,
+            ),
+            FileKind::DeadLetters => layout::dead_letter_key(
+                prefix,
+                &self.event,
+                file.hour,
+                &self.topic,
+                file.partition,
+                file.first_offset,
+                file.last_offset,
+            ),
+        };
         let size = file.bytes.len() as u64;
         let body = Bytes::from(file.bytes);
         let started = Instant::now();

@@ -175,6 +175,14 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
+    /// The folder of a data file below the prefix; see
+    /// [`crate::layout::PathTemplate`].
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The time files are partitioned by: `event`, `kafka`, `ingestion` or
+    /// `field:<top-level Timestamp field>`.
+    #[serde(default = "default_time")]
+    pub time: String,
     /// A file closes (its partition checkpoints early) at this many rows.
     #[serde(default, deserialize_with = "de::opt_u64")]
     pub max_rows: Option<u64>,
@@ -184,6 +192,14 @@ pub struct FilesConfig {
     pub max_bytes: u64,
 }
 
+fn default_path() -> String {
+    crate::layout::DEFAULT_PATH.to_owned()
+}
+
+fn default_time() -> String {
+    "event".to_owned()
+}
+
 fn default_max_file_bytes() -> u64 {
     128 * 1024 * 1024
 }
@@ -191,6 +207,8 @@ fn default_max_file_bytes() -> u64 {
 impl Default for FilesConfig {
     fn default() -> Self {
         Self {
+            path: default_path(),
+            time: default_time(),
             max_rows: None,
             max_bytes: default_max_file_bytes(),
         }
@@ -561,6 +579,9 @@ impl Config {
         }
         self.metrics_listen()
             .map_err(|m| bad("metrics.listen", m))?;
+        crate::layout::PathTemplate::parse(&self.files.path).map_err(|m| bad("files.path", m))?;
+        crate::partitioning::TimeSource::parse(&self.files.time)
+            .map_err(|m| bad("files.time", m))?;
         if self.files.max_rows == Some(0) {
             return Err(bad("files.max_rows", "expected at least 1".into()));
         }

@@ -245,6 +245,7 @@ impl DeadLetters {
                 route: 0,
                 partition,
                 hour: layout::hour_of(open.first_time_micros),
+                folder: String::new(),
                 first_offset: open.first_offset,
                 last_offset: open.last_offset,
                 rows: open.rows,

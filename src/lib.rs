@@ -3,7 +3,7 @@
 //!
 //! A record's path, module by module: [`source`] (Kafka) → [`envelope`]
 //! (CloudEvents headers) → [`schema`] (Protobuf straight into Arrow) →
-//! [`buffer`] (one open file per partition and hour) → [`writer`] (Parquet)
+//! [`buffer`] (one open file per partition and [`partitioning`] folder) → [`writer`] (Parquet)
 //! → [`commit`] (upload to [`store`], advise Kafka) → [`notify`] (SQS).
 //! [`pipeline`] is the loop that drives them; [`cli`] the commands.
 
@@ -20,6 +20,7 @@ pub mod gc;
 pub mod layout;
 pub mod manifest;
 pub mod notify;
+pub mod partitioning;
 pub mod pipeline;
 pub mod sample;
 pub mod schema;

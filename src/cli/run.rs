@@ -12,7 +12,9 @@ use crate::commit::Committer;
 use crate::config::{Config, ParquetConfig, SchemaSource};
 use crate::dlq::DeadLetters;
 use crate::framing::Framing;
+use crate::layout::PathTemplate;
 use crate::manifest::Manifests;
+use crate::partitioning::{Partitioning, TimeSource};
 use crate::pipeline::{self, Pipeline};
 use crate::schema::{ConfluentRegistry, LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
@@ -79,6 +81,13 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         ("sluice.topic", config.kafka.topic.clone()),
         ("sluice.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
+    let partitioning = Partitioning::new(
+        &config.event.name,
+        PathTemplate::parse(&config.files.path).map_err(anyhow::Error::msg)?,
+        TimeSource::parse(&config.files.time).map_err(anyhow::Error::msg)?,
+        &descriptor,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", config.source_file.display()))?;
     let letters_parquet = ParquetConfig {
         bloom_filters: Vec::new(),
         ..config.parquet.clone()
@@ -92,6 +101,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         metadata,
     )
     .with_schema_id(schema_id)
+    .with_partitioning(partitioning)
     .with_limits(FileLimits {
         max_rows: config.files.max_rows,
         max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),

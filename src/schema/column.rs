@@ -58,22 +58,25 @@ impl Column {
     /// An empty builder for `data_type`. Only the types the schema mapping
     /// produces are supported; anything else is a bug in the mapping and is
     /// reported as `None`.
+    ///
+    /// Builders start empty: a process may hold thousands of open files,
+    /// and `finish` leaves a builder empty anyway.
     pub fn for_type(data_type: &DataType) -> Option<Column> {
         Some(match data_type {
-            DataType::Float64 => Column::F64(Float64Builder::new()),
-            DataType::Float32 => Column::F32(Float32Builder::new()),
-            DataType::Int32 => Column::I32(Int32Builder::new()),
-            DataType::Int64 => Column::I64(Int64Builder::new()),
-            DataType::UInt32 => Column::U32(UInt32Builder::new()),
-            DataType::UInt64 => Column::U64(UInt64Builder::new()),
-            DataType::Boolean => Column::Bool(BooleanBuilder::new()),
-            DataType::Utf8 => Column::Str(BinaryBuilder::new()),
-            DataType::Binary => Column::Bin(BinaryBuilder::new()),
+            DataType::Float64 => Column::F64(Float64Builder::with_capacity(0)),
+            DataType::Float32 => Column::F32(Float32Builder::with_capacity(0)),
+            DataType::Int32 => Column::I32(Int32Builder::with_capacity(0)),
+            DataType::Int64 => Column::I64(Int64Builder::with_capacity(0)),
+            DataType::UInt32 => Column::U32(UInt32Builder::with_capacity(0)),
+            DataType::UInt64 => Column::U64(UInt64Builder::with_capacity(0)),
+            DataType::Boolean => Column::Bool(BooleanBuilder::with_capacity(0)),
+            DataType::Utf8 => Column::Str(BinaryBuilder::with_capacity(0, 0)),
+            DataType::Binary => Column::Bin(BinaryBuilder::with_capacity(0, 0)),
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Column::Ts(TimestampMicrosecondBuilder::new().with_timezone(UTC))
+                Column::Ts(TimestampMicrosecondBuilder::with_capacity(0).with_timezone(UTC))
             }
             DataType::Duration(TimeUnit::Microsecond) => {
-                Column::Dur(DurationMicrosecondBuilder::new())
+                Column::Dur(DurationMicrosecondBuilder::with_capacity(0))
             }
             DataType::Struct(fields) => Column::Struct(StructColumn {
                 fields: fields.clone(),

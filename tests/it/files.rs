@@ -107,3 +107,140 @@ async fn a_quiet_topic_lands_within_the_interval() {
     );
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+/// Rows of the data files under `dir`, each with its `_file`.
+fn rows_in(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(support::python())
+        .arg(support::repo().join("tests/py/rows.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    read["rows"].as_array().unwrap().clone()
+}
+
+/// One topic read by four sinks, one per time source and path template:
+/// every row lands in the folder its time and field say, and a late event
+/// gets a folder and a file of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_follow_the_template_and_the_time_source() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+
+    let topic = support::unique("paths");
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer = support::producer();
+    let event_time = "2026-03-01T10:15:00Z";
+    let late_time = "2026-03-01T05:59:59Z";
+    let kafka_ms = 1_777_957_200_000i64; // 2026-05-05T05:00:00Z
+    const EVENTS: u64 = 40;
+    for seq in 0..=EVENTS {
+        // The last one is late: five hours before the others.
+        let time = if seq == EVENTS { late_time } else { event_time };
+        let id = format!("order-{seq:08}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_id",
+                value: Some(id.as_bytes()),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some(time.as_bytes()),
+            });
+        let payload = sample.encode(seq);
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
+            .partition(0)
+            .timestamp(kafka_ms)
+            .payload(payload.as_slice())
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let today = || chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let day_before = today();
+    let sinks = [
+        ("", "event"),
+        (
+            "path = \"{event}/{date}/{hour}{minute}\"\ntime = \"kafka\"",
+            "kafka",
+        ),
+        (
+            "path = \"{event}/dt={date}\"\ntime = \"ingestion\"",
+            "ingestion",
+        ),
+        (
+            "path = \"{event}/city={field:city}/dt={date}/hr={hour}\"\ntime = \"field:placed_at\"",
+            "field",
+        ),
+    ];
+    let mut dirs = Vec::new();
+    for (files, _) in &sinks {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = format!("file://{}", dir.path().display());
+        let mut sink = Sink::with_extra(
+            SinkSpec {
+                topic: &topic,
+                storage_url: &storage,
+                queue_url: None,
+                interval: "1s",
+            },
+            &format!("[files]\n{files}\n"),
+        );
+        sink.start();
+        sink.wait_committed(&[EVENTS as i64 + 1], Duration::from_secs(60));
+        assert!(sink.stop().success(), "{}", sink.logs());
+        dirs.push(dir);
+    }
+    let day_after = today();
+
+    for ((_, source), dir) in sinks.iter().zip(&dirs) {
+        let rows = rows_in(dir.path());
+        assert_eq!(rows.len(), EVENTS as usize + 1, "{source}");
+        for row in &rows {
+            let offset = row["_kafka_offset"].as_u64().unwrap();
+            let file = row["_file"].as_str().unwrap();
+            let folder = file.rsplit_once('/').unwrap().0;
+            let fields = sample.fields(offset);
+            let expected = match *source {
+                "event" if offset == EVENTS => "order_placed/dt=2026-03-01/hr=05".to_owned(),
+                "event" => "order_placed/dt=2026-03-01/hr=10".to_owned(),
+                "kafka" => "order_placed/2026-05-05/0500".to_owned(),
+                "ingestion" => {
+                    assert!(
+                        folder == format!("order_placed/dt={day_before}")
+                            || folder == format!("order_placed/dt={day_after}"),
+                        "{folder}"
+                    );
+                    continue;
+                }
+                _ => {
+                    let t =
+                        chrono::DateTime::from_timestamp_micros(fields.placed_at_micros).unwrap();
+                    format!(
+                        "order_placed/city={}/dt={}",
+                        fields.city,
+                        t.format("%Y-%m-%d/hr=%H")
+                    )
+                }
+            };
+            assert_eq!(folder, expected, "{source}, offset {offset}");
+        }
+        if *source == "event" {
+            let late: Vec<_> = rows
+                .iter()
+                .filter(|r| r["_file"].as_str().unwrap().contains("/hr=05/"))
+                .collect();
+            assert_eq!(late.len(), 1, "the late event alone in its file");
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod configs;
 mod exactly_once;
 mod files;
 mod mapping;
+mod memory;
 mod parquet;
 mod pipeline;
 mod registry;

@@ -1,6 +1,6 @@
 """Prints every row of the Parquet data files under a directory as JSON,
 with each column's pyarrow type: {"types": {column: type}, "rows": [{column:
-value}], "dead_letters": [reason]}. Values are made JSON-comparable: bytes as
+value, "_file": path relative to DIR}], "dead_letters": [reason]}. Values are made JSON-comparable: bytes as
 {"hex": …}, timestamps and durations as integer microseconds, maps as lists
 of [key, value] pairs.
 
@@ -42,7 +42,8 @@ def main():
                 continue
             for field in table.schema:
                 out["types"][field.name] = str(field.type)
-            out["rows"].extend(plain(row) for row in table.to_pylist())
+            relative = os.path.relpath(os.path.join(dirpath, name), sys.argv[1])
+            out["rows"].extend(dict(plain(row), _file=relative) for row in table.to_pylist())
     out["rows"].sort(key=lambda r: r["_kafka_offset"])
     json.dump(out, sys.stdout)
 

@@ -1,0 +1,183 @@
+//! The memory budget holds against what breaks JVM sinks: many partitions,
+//! late events spread over many folders, and records from 100 B to 1 MiB.
+//! Peak RSS is read from /proc (VmHWM), not estimated.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice::sample;
+
+use crate::support::{self, Sink, SinkSpec, reference_sample};
+
+const PARTITIONS: i32 = 64;
+const HOURS: u64 = 48;
+const RECORDS: u64 = 6000;
+const MIB: u64 = 1 << 20;
+const BUDGET: u64 = 64 * MIB;
+/// What the process needs besides its budget: code, the async runtime,
+/// librdkafka's threads, the AWS SDK, allocator slack. DESIGN.md states it.
+const MARGIN: u64 = 64 * MIB;
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Size of record `seq`: nine in ten between 100 B and 10 kB, the rest
+/// log-uniform up to 1 MiB, every 500th exactly 1 MiB.
+fn size_of(seq: u64) -> usize {
+    let r = splitmix(seq);
+    if seq % 500 == 7 {
+        return MIB as usize;
+    }
+    if r % 10 < 9 {
+        return 100 + (r >> 8) as usize % 9_900;
+    }
+    let u = ((r >> 11) % 1_000_000) as f64 / 1_000_000.0;
+    (10_000.0 * (MIB as f64 / 10_000.0).powf(u)) as usize
+}
+
+/// The reference event `seq`, its delivery address padded with barely
+/// compressible text to `size` bytes.
+fn payload(sample: &sample::OrderSample, seq: u64, size: usize) -> Vec<u8> {
+    let mut bytes = sample.encode(seq);
+    let pad = size.saturating_sub(bytes.len() + 5);
+    let mut text = String::with_capacity(pad);
+    let mut r = seq;
+    while text.len() < pad {
+        r = splitmix(r);
+        for b in r.to_le_bytes() {
+            text.push(char::from(b'a' + b % 26));
+        }
+    }
+    text.truncate(pad);
+    prost::encoding::string::encode(23, &text, &mut bytes);
+    bytes
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
+    let topic = support::unique("memory");
+    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .set("message.max.bytes", (4 * MIB).to_string())
+        .set("linger.ms", "10")
+        .create()
+        .unwrap();
+    // Event times over 48 hours: every partition writes to every folder.
+    let base_ms = 1_767_225_600_000i64;
+    let mut produced: HashMap<(i32, i64), u64> = HashMap::new();
+    let mut total_bytes = 0u64;
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(200) {
+        let mut pending = Vec::new();
+        for &seq in chunk {
+            let size = size_of(seq);
+            let value = payload(&sample, seq, size);
+            total_bytes += value.len() as u64;
+            let time = chrono::DateTime::from_timestamp_millis(
+                base_ms - ((seq % HOURS) * 3600 * 1000) as i64,
+            )
+            .unwrap()
+            .to_rfc3339();
+            let id = format!("order-{seq:08}");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(id.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ce_time",
+                    value: Some(time.as_bytes()),
+                });
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
+                .partition((seq % PARTITIONS as u64) as i32)
+                .payload(value.as_slice())
+                .headers(headers);
+            let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+            pending.push((seq, delivery));
+        }
+        for (seq, delivery) in pending {
+            let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+            produced.insert((delivered.partition, delivered.offset), seq);
+        }
+    }
+    assert!(
+        total_bytes > 2 * BUDGET,
+        "{total_bytes} bytes is not enough to test"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: None,
+            interval: "10m",
+        },
+        &format!("[memory]\nmax_buffer_bytes = {BUDGET}\n"),
+    );
+    sink.start();
+    let mut ends = vec![0i64; PARTITIONS as usize];
+    for (partition, offset) in produced.keys() {
+        ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
+    }
+    sink.wait_committed(&ends, Duration::from_secs(600));
+    let pid = sink.pid().unwrap();
+    let peak = peak_rss(pid);
+    let metrics = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+    println!(
+        "{RECORDS} records, {} MiB, {PARTITIONS} partitions × {HOURS} folders, budget {} MiB: peak RSS {} MiB",
+        total_bytes / MIB,
+        BUDGET / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak <= BUDGET + MARGIN,
+        "peak RSS {} MiB over budget {} MiB + margin {} MiB",
+        peak / MIB,
+        BUDGET / MIB,
+        MARGIN / MIB
+    );
+    let early = metrics
+        .iter()
+        .find(|(k, _)| k.starts_with("sluice_memory_checkpoints_total"))
+        .map_or(0.0, |(_, v)| *v);
+    assert!(
+        early > 0.0,
+        "the budget, not the interval, drove the commits"
+    );
+
+    // Every record is exactly one row (or, over the per-record limit of an
+    // eighth of the budget, one dead letter: none here, 1 MiB < 8 MiB).
+    let read = support::read_back_committed(&storage, None);
+    assert_eq!(read["dead_letters"].as_array().unwrap().len(), 0);
+    let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
+    for row in read["rows"].as_array().unwrap() {
+        let key = (row[0].as_i64().unwrap() as i32, row[1].as_i64().unwrap());
+        let seq = produced
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected row {key:?}"));
+        assert_eq!(row[2], format!("order-{seq:08}"));
+        *seen.entry(key).or_default() += 1;
+    }
+    assert_eq!(seen.len(), produced.len(), "every record committed");
+    assert!(seen.values().all(|&c| c == 1), "no duplicates");
+}
