@@ -25,7 +25,7 @@ use crate::writer::{FileWriter, WriteError};
 pub const BATCH_ROWS: usize = 8192;
 /// Payload bytes after which a file's pending rows are encoded even if
 /// fewer than [`BATCH_ROWS`] (large records).
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Bytes counted per row on top of its payload, for the memory estimate.
 const ROW_OVERHEAD: usize = 64;
@@ -39,7 +39,7 @@ type FileKey = (i32, i64, u32, u8);
 pub struct FileLimits {
     pub max_rows: Option<u64>,
     /// Encoded bytes: the file's size, checked each time pending rows are
-    /// encoded (every [`BATCH_ROWS`] rows or 4 MiB of payload), so a file
+    /// encoded (every [`BATCH_ROWS`] rows or 1 MiB of payload), so a file
     /// may pass it by up to one batch.
     pub max_bytes: usize,
 }

@@ -197,14 +197,15 @@ impl State {
     }
 
     /// Partitions to checkpoint before the interval is up: those with a
-    /// full file, and — when the buffers pass three quarters of their
-    /// budget — the partitions holding the most, until half the budget
-    /// would be left. Consumption stops meanwhile (checkpoints are
-    /// synchronous), so the budget holds.
+    /// full file, and — when the buffers pass half their budget — the
+    /// partitions holding the most, until a quarter of it would be left.
+    /// Closing a file needs about as much again as it holds (its columns
+    /// are encoded next to the pages), hence half. Consumption stops
+    /// meanwhile (checkpoints are synchronous), so the budget holds.
     fn due_early(&mut self) -> Option<BTreeSet<i32>> {
         let mut due = self.buffers.take_due();
         let held = self.buffered_bytes();
-        if held >= self.max_buffer_bytes / 4 * 3 {
+        if held >= self.max_buffer_bytes / 2 {
             let mut by_partition = self.buffers.bytes_by_partition();
             for (partition, bytes) in self.dead_letters.bytes_by_partition() {
                 *by_partition.entry(partition).or_default() += bytes;
@@ -214,14 +215,14 @@ impl State {
             largest.sort_unstable_by(|a, b| b.cmp(a));
             let mut left = held;
             for (bytes, partition) in largest {
-                if left <= self.max_buffer_bytes / 2 {
+                if left <= self.max_buffer_bytes / 4 {
                     break;
                 }
                 if due.insert(partition) {
                     left -= bytes;
                 }
             }
-            if held >= self.max_buffer_bytes {
+            if held >= self.max_buffer_bytes / 4 * 3 {
                 // Whatever the estimate per partition says: nothing more is
                 // read before everything held is committed.
                 due.extend(self.owned.keys());

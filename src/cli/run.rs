@@ -59,10 +59,12 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         &config.kafka.topic,
     );
     let context = SourceContext::new(&config.kafka.topic, manifests.clone(), handle.clone());
-    // The memory budget: a quarter for the Kafka client's fetch buffers,
-    // the rest for open files.
+    // The memory budget: a quarter for the Kafka client, which is told an
+    // eighth (its buffers overshoot what it is told by up to as much
+    // again); the rest for open files.
     let budget = config.memory.max_buffer_bytes;
-    let kafka_bytes = budget / 4;
+    let kafka_bytes = budget / 8;
+    let files_bytes = budget - budget / 4;
     let consumer = source::connect(
         &config.kafka,
         &format!("sluice-{}", config.event.name),
@@ -152,7 +154,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         handle,
         telemetry,
         config.checkpoint.interval,
-        usize::try_from(budget - kafka_bytes).unwrap_or(usize::MAX),
+        usize::try_from(files_bytes).unwrap_or(usize::MAX),
     )
     .run(&stop)?;
     info!("stopped cleanly");
