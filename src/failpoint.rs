@@ -2,7 +2,8 @@
 //!
 //! Built only with the `failpoints` feature. `SLUICE_FAILPOINT=<name>:<n>`
 //! aborts the process (no unwinding, no final checkpoint, like SIGKILL) the
-//! `n`-th time the point named `<name>` is reached. Without the feature every
+//! `n`-th time the crash point named `<name>` is reached, or makes the
+//! error point `<name>` fail that time. Without the feature every
 //! point is an empty inline function.
 
 /// After the checkpoint's files are uploaded, before any manifest.
@@ -15,6 +16,10 @@ pub const AFTER_NOTIFY: &str = "after_notify";
 pub const AFTER_MARKERS: &str = "after_markers";
 /// After Kafka offsets are committed.
 pub const AFTER_KAFKA_COMMIT: &str = "after_kafka_commit";
+/// After one part of a multipart upload.
+pub const AFTER_PART: &str = "after_part";
+/// An error instead of a part upload (see [`fail`]).
+pub const PART_UPLOAD: &str = "part_upload";
 
 #[cfg(feature = "failpoints")]
 mod active {
@@ -24,16 +29,19 @@ mod active {
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
-    pub(super) fn hit(name: &str) {
+    /// Whether this is the n-th time `name` is reached.
+    pub(super) fn reached(name: &str) -> bool {
         let armed = ARMED.get_or_init(|| {
             let spec = std::env::var("SLUICE_FAILPOINT").ok()?;
             let (point, n) = spec.split_once(':').unwrap_or((&spec, "1"));
             Some((point.to_owned(), n.parse().unwrap_or(1)))
         });
-        if let Some((point, n)) = armed
-            && point == name
-            && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n
-        {
+        matches!(armed, Some((point, n)) if point == name
+            && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n)
+    }
+
+    pub(super) fn hit(name: &str) {
+        if reached(name) {
             eprintln!("failpoint {name} reached: aborting");
             std::process::abort();
         }
@@ -45,4 +53,14 @@ mod active {
 pub fn hit(_name: &str) {
     #[cfg(feature = "failpoints")]
     active::hit(_name);
+}
+
+/// Marks a point where an error can be injected: true the n-th time it is
+/// reached with `SLUICE_FAILPOINT=<name>:<n>` (never without the feature).
+#[inline]
+pub fn fail(_name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return active::reached(_name);
+    #[cfg(not(feature = "failpoints"))]
+    false
 }

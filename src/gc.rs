@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::layout;
 use crate::manifest::{ManifestError, Manifests};
-use crate::store::{ObjectMeta, ObjectStore, StoreError, now_secs};
+use crate::store::{ObjectMeta, ObjectStore, StoreError, Upload, now_secs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -54,6 +54,39 @@ pub async fn find_orphans(
         .filter(|o| !listed.contains(&o.key))
         .filter(|o| o.last_modified <= cutoff)
         .collect())
+}
+
+/// Multipart uploads under the sink's data, dead-letter and staging
+/// prefixes begun at least `older_than` ago and never completed: left by a
+/// process that died mid-upload (a failed upload aborts its own).
+pub async fn find_abandoned_uploads(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    event: &str,
+    staging: Option<&str>,
+    older_than: Duration,
+) -> Result<Vec<Upload>, GcError> {
+    let mut uploads = store.uploads(&layout::data_root(prefix, event)).await?;
+    uploads.extend(
+        store
+            .uploads(&layout::dead_letters_root(prefix, event))
+            .await?,
+    );
+    if let Some(staging) = staging {
+        uploads.extend(store.uploads(&format!("{staging}/")).await?);
+    }
+    let cutoff = now_secs() - older_than.as_secs() as i64;
+    Ok(uploads
+        .into_iter()
+        .filter(|u| u.initiated <= cutoff)
+        .collect())
+}
+
+pub async fn abort(store: &dyn ObjectStore, uploads: &[Upload]) -> Result<(), GcError> {
+    for upload in uploads {
+        store.abort_upload(upload).await?;
+    }
+    Ok(())
 }
 
 pub async fn delete(store: &dyn ObjectStore, orphans: &[ObjectMeta]) -> Result<(), GcError> {

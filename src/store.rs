@@ -32,6 +32,15 @@ pub enum PutMode {
     Create,
 }
 
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub key: String,
+    pub id: String,
+    /// Seconds since the epoch.
+    pub initiated: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub key: String,
@@ -82,6 +91,16 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// the new object's ETag.
     async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError>;
     /// The bucket name announced in notifications.
+    /// Multipart uploads begun under `prefix` and neither completed nor
+    /// aborted (none for stores without them).
+    async fn uploads(&self, _prefix: &str) -> Result<Vec<Upload>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn abort_upload(&self, _upload: &Upload) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn bucket(&self) -> &str;
 }
 

@@ -1,6 +1,7 @@
 //! `sluice gc --config <file> [--older-than 24h] [--delete]`: finds data
 //! files that no manifest lists (uploads of attempts that crashed or lost a
-//! commit) and, with `--delete`, removes them. Lists only by default.
+//! commit) and multipart uploads never completed (a crash mid-upload) and,
+//! with `--delete`, removes them. Lists only by default.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,17 +48,34 @@ pub(crate) fn execute(args: GcArgs) -> anyhow::Result<()> {
             args.older_than,
         )
         .await?;
+        let uploads = gc::find_abandoned_uploads(
+            &*store,
+            &prefix,
+            &config.event.name,
+            staging.as_deref(),
+            args.older_than,
+        )
+        .await?;
         let bytes: u64 = orphans.iter().map(|o| o.size).sum();
         for orphan in &orphans {
             println!("orphan {} ({} bytes)", orphan.key, orphan.size);
         }
+        for upload in &uploads {
+            println!("abandoned upload {} ({})", upload.key, upload.id);
+        }
         if args.delete {
             gc::delete(&*store, &orphans).await?;
-            println!("deleted {} orphan(s), {bytes} bytes", orphans.len());
+            gc::abort(&*store, &uploads).await?;
+            println!(
+                "deleted {} orphan(s), {bytes} bytes; aborted {} abandoned upload(s)",
+                orphans.len(),
+                uploads.len()
+            );
         } else {
             println!(
-                "{} orphan(s), {bytes} bytes; run again with --delete to remove them",
-                orphans.len()
+                "{} orphan(s), {bytes} bytes, {} abandoned upload(s); run again with --delete to remove them",
+                orphans.len(),
+                uploads.len()
             );
         }
         anyhow::Ok(())

@@ -7,9 +7,19 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError};
+use super::{ObjectMeta, ObjectStore, PutMode, StoreError, Upload};
+use crate::failpoint;
+
+/// Bodies at least this large go up as a multipart upload.
+const MULTIPART_FROM: usize = 32 * 1024 * 1024;
+/// Size of each part (S3 wants at least 5 MiB but the last).
+const PART_BYTES: usize = 16 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// `x-amz-copy-source` is URL-encoded except for `/`.
 const COPY_SOURCE_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -67,9 +77,104 @@ where
     }
 }
 
+impl S3Store {
+    /// A large body in parts, [`PARTS_IN_FLIGHT`] at a time. Any failure
+    /// aborts the upload, so no parts are left behind; a crash leaves it
+    /// for `sluice gc`.
+    async fn put_multipart(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("put", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts(key, &upload_id, &body).await;
+        if result.is_err() {
+            // Best effort: gc finds what an abort misses.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: &Bytes,
+    ) -> Result<String, StoreError> {
+        let ranges: Vec<(i32, std::ops::Range<usize>)> = (0..body.len())
+            .step_by(PART_BYTES)
+            .zip(1..)
+            .map(|(start, number)| (number, start..(start + PART_BYTES).min(body.len())))
+            .collect();
+        let mut parts: Vec<CompletedPart> =
+            stream::iter(ranges.into_iter().map(|(number, range)| {
+                let part = body.slice(range);
+                async move {
+                    if failpoint::fail(failpoint::PART_UPLOAD) {
+                        return Err(StoreError::Other {
+                            op: "put",
+                            key: key.to_owned(),
+                            message: format!("injected failure of part {number}"),
+                            retryable: true,
+                        });
+                    }
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .body(ByteStream::from(part))
+                        .send()
+                        .await
+                        .map_err(|e| classify("put", key, e))?;
+                    failpoint::hit(failpoint::AFTER_PART);
+                    Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .build())
+                }
+            }))
+            .buffer_unordered(PARTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        parts.sort_by_key(|p| p.part_number());
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("put", key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String, StoreError> {
+        if mode == PutMode::Overwrite && body.len() >= MULTIPART_FROM {
+            return self.put_multipart(key, body).await;
+        }
         let out = self
             .client
             .put_object()
@@ -161,6 +266,48 @@ impl ObjectStore for S3Store {
             .and_then(|r| r.e_tag())
             .unwrap_or_default()
             .to_owned())
+    }
+
+    async fn uploads(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker)
+                .set_upload_id_marker(id_marker)
+                .send()
+                .await
+                .map_err(|e| classify("list", prefix, e))?;
+            for upload in page.uploads() {
+                out.push(Upload {
+                    key: upload.key().unwrap_or_default().to_owned(),
+                    id: upload.upload_id().unwrap_or_default().to_owned(),
+                    initiated: upload.initiated().map_or(0, |t| t.secs()),
+                });
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+        Ok(out)
+    }
+
+    async fn abort_upload(&self, upload: &Upload) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .send()
+            .await
+            .map_err(|e| classify("delete", &upload.key, e))?;
+        Ok(())
     }
 
     fn bucket(&self) -> &str {

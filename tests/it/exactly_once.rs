@@ -382,3 +382,94 @@ async fn gc_lists_and_deletes_orphans_only() {
     assert!(read["orphans"].as_array().unwrap().is_empty());
     check_exactly_once(&read, &produced, &reference_sample());
 }
+
+/// A file over 100 MiB goes up as a multipart upload. A part that fails
+/// aborts the upload and the checkpoint's retry commits once; a crash
+/// mid-upload leaves the upload for `sluice gc`, and the restart commits
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_fail_abort_and_commit_exactly_once() {
+    const RECORDS: u64 = 1100;
+    let f = fixture(1).await;
+    let sample = reference_sample();
+    let mut produced = support::produce_padded(&f.topic, &sample, 0..RECORDS, 100_000).await;
+    // One folder and no compression: one file of ~105 MiB per checkpoint.
+    let extra = format!(
+        "{FAST_GROUP}\n[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"1GiB\"\n\
+         [files]\npath = \"{{event}}/all\"\n"
+    );
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &f.topic,
+            storage_url: &f.storage,
+            queue_url: Some(&f.queue),
+            interval: "15s",
+        },
+        &extra,
+    );
+    let config = sink.config.clone();
+    let gc = |delete: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["gc", "--older-than", "0s", "--config"])
+            .arg(&config);
+        if delete {
+            command.arg("--delete");
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    // The third part fails: the upload is aborted, the retry succeeds.
+    sink.start_with_env(&[("SLUICE_FAILPOINT", "part_upload:3")]);
+    sink.wait_committed(&[RECORDS as i64], Duration::from_secs(300));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    assert!(
+        sink.logs().contains("injected failure of part 3"),
+        "{}",
+        sink.logs()
+    );
+    let listed = gc(false);
+    assert!(
+        listed.contains("0 orphan(s), 0 bytes, 0 abandoned upload(s)"),
+        "{listed}"
+    );
+
+    // A crash after the second part of the next file: the upload stays
+    // open until gc aborts it.
+    produced
+        .extend(support::produce_padded(&f.topic, &sample, RECORDS..2 * RECORDS, 100_000).await);
+    sink.start_with_env(&[("SLUICE_FAILPOINT", "after_part:2")]);
+    assert!(
+        !sink.wait_exit(Duration::from_secs(300)).success(),
+        "{}",
+        sink.logs()
+    );
+    sink.start();
+    sink.wait_committed(&[2 * RECORDS as i64], Duration::from_secs(300));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let listed = gc(false);
+    assert!(listed.contains("1 abandoned upload(s)"), "{listed}");
+    let aborted = gc(true);
+    assert!(
+        aborted.contains("aborted 1 abandoned upload(s)"),
+        "{aborted}"
+    );
+    assert!(gc(false).contains("0 abandoned upload(s)"));
+
+    let read = f.read();
+    check_exactly_once(&read, &produced, &sample);
+    let sizes: Vec<u64> = read["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 2, "{sizes:?}");
+    assert!(sizes.iter().all(|&s| s >= 100 << 20), "{sizes:?}");
+}

@@ -43,24 +43,6 @@ fn size_of(seq: u64) -> usize {
     (10_000.0 * (MIB as f64 / 10_000.0).powf(u)) as usize
 }
 
-/// The reference event `seq`, its delivery address padded with barely
-/// compressible text to `size` bytes.
-fn payload(sample: &sample::OrderSample, seq: u64, size: usize) -> Vec<u8> {
-    let mut bytes = sample.encode(seq);
-    let pad = size.saturating_sub(bytes.len() + 5);
-    let mut text = String::with_capacity(pad);
-    let mut r = seq;
-    while text.len() < pad {
-        r = splitmix(r);
-        for b in r.to_le_bytes() {
-            text.push(char::from(b'a' + b % 26));
-        }
-    }
-    text.truncate(pad);
-    prost::encoding::string::encode(23, &text, &mut bytes);
-    bytes
-}
-
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -89,7 +71,7 @@ async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
         let mut pending = Vec::new();
         for &seq in chunk {
             let size = size_of(seq);
-            let value = payload(&sample, seq, size);
+            let value = support::padded_event(&sample, seq, size);
             total_bytes += value.len() as u64;
             let time = chrono::DateTime::from_timestamp_millis(
                 base_ms - ((seq % HOURS) * 3600 * 1000) as i64,
@@ -188,4 +170,61 @@ async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
     }
     assert_eq!(seen.len(), produced.len(), "every record committed");
     assert!(seen.values().all(|&c| c == 1), "no duplicates");
+}
+
+/// A record over an eighth of the files' memory share is a dead letter,
+/// kept whole; the records around it are committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_budget_is_a_dead_letter() {
+    let topic = support::unique("large");
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer = support::producer();
+    // Budget 1 MiB: files get 768 KiB, one record at most 96 KiB.
+    let sizes = [300, 90_000, 200_000, 300];
+    for (seq, size) in sizes.iter().enumerate() {
+        let headers = sample.headers(seq as u64);
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let value = support::padded_event(&sample, seq as u64, *size);
+        support::send_raw(&producer, &topic, &value, &headers).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: None,
+            interval: "1s",
+        },
+        "[memory]\nmax_buffer_bytes = \"1MiB\"\n",
+    );
+    sink.start();
+    sink.wait_committed(&[sizes.len() as i64], Duration::from_secs(60));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let read = support::read_back_committed(&storage, None);
+    let offsets: Vec<i64> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), 3, "{offsets:?}");
+    assert!(!offsets.contains(&2), "{offsets:?}");
+    let letters = read["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0][1], 2);
+    assert_eq!(letters[0][2], "too_large");
+    let reason = letters[0][3].as_str().unwrap();
+    assert!(
+        reason.contains("over the limit of 98304 bytes per record"),
+        "{reason}"
+    );
+    // Kept whole: the value as it was in Kafka.
+    assert_eq!(
+        letters[0][4].as_str().unwrap().len(),
+        2 * support::padded_event(&sample, 2, 200_000).len()
+    );
 }

@@ -590,3 +590,70 @@ pub async fn send_raw(
         .await
         .unwrap();
 }
+
+/// The reference event `seq` with its delivery address padded with barely
+/// compressible text to about `size` bytes.
+pub fn padded_event(sample: &OrderSample, seq: u64, size: usize) -> Vec<u8> {
+    let mut bytes = sample.encode(seq);
+    let pad = size.saturating_sub(bytes.len() + 5);
+    let mut text = String::with_capacity(pad);
+    let mut r = seq.wrapping_add(1);
+    while text.len() < pad {
+        // xorshift: cheap and good enough to defeat compression.
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        for b in r.to_le_bytes() {
+            text.push(char::from(b'a' + b % 26));
+        }
+    }
+    text.truncate(pad);
+    prost::encoding::string::encode(23, &text, &mut bytes);
+    bytes
+}
+
+/// Produces padded reference events `seqs` to partition 0 of `topic`, with
+/// their CloudEvents headers.
+pub async fn produce_padded(
+    topic: &str,
+    sample: &OrderSample,
+    seqs: std::ops::Range<u64>,
+    size: usize,
+) -> Vec<Produced> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", (4 << 20).to_string())
+        .set("linger.ms", "10")
+        .create()
+        .unwrap();
+    let mut produced = Vec::new();
+    let all: Vec<u64> = seqs.collect();
+    for chunk in all.chunks(100) {
+        let mut pending = Vec::new();
+        for &seq in chunk {
+            let value = padded_event(sample, seq, size);
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in sample.headers(seq) {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
+                .partition(0)
+                .payload(value.as_slice())
+                .headers(headers);
+            let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+            pending.push((seq, delivery));
+        }
+        for (seq, delivery) in pending {
+            let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+            produced.push(Produced {
+                seq,
+                partition: delivered.partition,
+                offset: delivered.offset,
+            });
+        }
+    }
+    produced
+}
