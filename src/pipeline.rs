@@ -320,7 +320,7 @@ impl State {
             return Ok(Outcome::Failed(
                 FailReason::TooLarge,
                 format!(
-                    "record of {size} bytes is over the limit of {} bytes per record (an eighth of memory.max_buffer_bytes)",
+                    "record of {size} bytes is over the limit of {} bytes per record (an eighth of the files' share of memory.max_buffer_bytes)",
                     self.max_record_bytes()
                 ),
             ));

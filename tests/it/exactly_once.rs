@@ -113,6 +113,17 @@ mod crash_points {
             sink.logs()
         );
         sink.start();
+        // After a crash past the Kafka commit the group's offsets are already
+        // at the end: wait for the restart to own its partitions (and to
+        // handle SIGTERM) before stopping it.
+        crate::support::wait_until("the restart's assignment", Duration::from_secs(60), || {
+            let logs = sink.logs();
+            let restart = logs
+                .rsplit("----- restart -----")
+                .next()
+                .unwrap_or_default();
+            restart.contains("partition assigned")
+        });
         sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(120));
         assert!(sink.stop().success(), "{}", sink.logs());
         let read = f.read();
