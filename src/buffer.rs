@@ -524,6 +524,11 @@ impl OpenFile {
                 b.append_value([]);
             }
         }
+        if self.rows == 0 {
+            // The record that opened the file may have failed to decode.
+            (self.first_offset, self.last_offset) = (record.offset, record.offset);
+            (self.min_time_micros, self.max_time_micros) = (time, time);
+        }
         self.pending_rows += 1;
         self.rows += 1;
         self.first_offset = self.first_offset.min(record.offset);
@@ -577,5 +582,64 @@ impl OpenFile {
             schema_id: None,
             bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::envelope::Envelope;
+    use crate::sample::OrderSample;
+    use crate::schema::LocalRegistry;
+
+    #[test]
+    fn files_hold_only_rows_that_decoded() {
+        let registry =
+            LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+        let descriptor = registry.message("sluice.examples.OrderPlaced").unwrap();
+        let sample = OrderSample::new(&descriptor).unwrap();
+        let plan = Arc::new(MessagePlan::new(&descriptor, 3).unwrap());
+        let mut buffers = Buffers::new(
+            descriptor,
+            plan,
+            crate::writer::properties(&Default::default(), &UNIQUE_COLUMNS),
+            vec![],
+        );
+        fn record(offset: i64, payload: &[u8]) -> Record<'_> {
+            Record {
+                partition: 0,
+                offset,
+                kafka_timestamp_ms: None,
+                envelope: Envelope {
+                    id: None,
+                    source: None,
+                    time_micros: 1_767_225_600_000_000,
+                    encoding: Encoding::Protobuf,
+                    extensions: vec![],
+                    tenant_header: None,
+                    dataschema: None,
+                },
+                payload,
+                route: 0,
+            }
+        }
+        let good = sample.encode(1);
+        let good = good.as_slice();
+        // The first record opens the file and fails; later ones land.
+        assert!(buffers.push(&record(7, b"\xff\xff")).is_err());
+        buffers.push(&record(8, good)).unwrap();
+        buffers.push(&record(9, good)).unwrap();
+        // Another folder that only ever saw a failure: no file at all.
+        let mut other = record(10, b"\xff\xff");
+        other.envelope.time_micros += 3_600_000_000;
+        assert!(buffers.push(&other).is_err());
+        let files = buffers.finish_all().unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (files[0].first_offset, files[0].last_offset, files[0].rows),
+            (8, 9, 2)
+        );
     }
 }
