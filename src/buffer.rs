@@ -30,6 +30,36 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Bytes counted per row on top of its payload, for the memory estimate.
 const ROW_OVERHEAD: usize = 64;
 
+/// The path field's values, interned: open files are keyed by index, so a
+/// record looks its value up without allocating.
+#[derive(Debug, Default)]
+struct FieldValues {
+    values: Vec<String>,
+    index: HashMap<String, u32>,
+    /// Reused for each record's value.
+    scratch: String,
+}
+
+impl FieldValues {
+    /// The index of the path field's value in `payload`.
+    fn intern(&mut self, partitioning: &Partitioning, payload: &[u8]) -> u32 {
+        partitioning.field_value(payload, &mut self.scratch);
+        if let Some(&i) = self.index.get(self.scratch.as_str()) {
+            return i;
+        }
+        let i = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.values.push(self.scratch.clone());
+        self.index.insert(self.scratch.clone(), i);
+        i
+    }
+
+    /// The value at `index`; "" when the path names no field (every key
+    /// then holds 0 and nothing is interned).
+    fn get(&self, index: u32) -> &str {
+        self.values.get(index as usize).map_or("", String::as_str)
+    }
+}
+
 /// An open file: Kafka partition, time bucket, field value (interned),
 /// route.
 type FileKey = (i32, i64, u32, u8);
@@ -171,11 +201,8 @@ pub struct Buffers {
     /// Partitions with a file at a limit: to be checkpointed now.
     due: BTreeSet<i32>,
     partitioning: Partitioning,
-    /// Field values of open files' folders, by index.
-    values: Vec<String>,
-    value_index: HashMap<String, u32>,
-    /// Reused for the field value of each record.
-    value_scratch: String,
+    /// Values of the path field in open files' folders.
+    field_values: FieldValues,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
 }
@@ -219,9 +246,7 @@ impl Buffers {
             limits: FileLimits::default(),
             due: BTreeSet::new(),
             partitioning: Partitioning::hourly(""),
-            values: Vec::new(),
-            value_index: HashMap::new(),
-            value_scratch: String::new(),
+            field_values: FieldValues::default(),
             buffered_bytes: 0,
         }
     }
@@ -309,16 +334,10 @@ impl Buffers {
             record.kafka_timestamp_ms,
             payload,
         );
-        self.partitioning
-            .field_value(payload, &mut self.value_scratch);
-        let value = match self.value_index.get(self.value_scratch.as_str()) {
-            Some(&i) => i,
-            None => {
-                let i = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
-                self.values.push(self.value_scratch.clone());
-                self.value_index.insert(self.value_scratch.clone(), i);
-                i
-            }
+        let value = if self.partitioning.has_field() {
+            self.field_values.intern(&self.partitioning, payload)
+        } else {
+            0
         };
         let key = (record.partition, bucket, value, record.route);
         let file = match self.files.entry(key) {
@@ -388,8 +407,7 @@ impl Buffers {
         self.rolled = kept;
         finished.extend(self.close_open(only)?);
         if self.files.is_empty() {
-            self.values.clear();
-            self.value_index.clear();
+            self.field_values = FieldValues::default();
         }
         self.buffered_bytes = self.bytes_by_partition().values().sum();
         self.due.retain(|p| !chosen(*p));
@@ -428,9 +446,8 @@ impl Buffers {
                 continue;
             }
             let (partition, bucket, value, route) = key;
-            let folder = self
-                .partitioning
-                .folder(bucket, &self.values[value as usize]);
+            let field = self.field_values.get(value);
+            let folder = self.partitioning.folder(bucket, field);
             let mut done = file.finish(&self.schema, partition, route, &metadata)?;
             done.schema_id = self.schema_id;
             done.folder = folder;

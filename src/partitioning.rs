@@ -138,9 +138,9 @@ impl Partitioning {
         })
     }
 
-    /// Whether the folder depends on the payload's bytes.
-    pub fn reads_payload(&self) -> bool {
-        self.time_field.is_some() || self.field.is_some()
+    /// Whether the folder names a payload field.
+    pub fn has_field(&self) -> bool {
+        self.field.is_some()
     }
 
     /// The time bucket of a record.

@@ -341,6 +341,25 @@ async fn zombie_is_fenced_after_its_partitions_moved() {
     check_all_announced(&read);
 }
 
+/// `sluice gc --older-than 0s` for the sink configured in `config`
+/// (`--delete` when told); its output.
+fn gc(config: &std::path::Path, delete: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["gc", "--older-than", "0s", "--config"])
+        .arg(config);
+    if delete {
+        command.arg("--delete");
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `sluice gc` lists files no manifest lists, deletes them only when told,
 /// and never touches committed files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,22 +381,7 @@ async fn gc_lists_and_deletes_orphans_only() {
     let orphan = "raw/order_placed/dt=2025-12-31/hr=23/x-0-00000000000000000001-00000000000000000002.parquet";
     support::put_object(&bucket, orphan, b"not committed").await;
 
-    let gc = |delete: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command
-            .args(["gc", "--older-than", "0s", "--config"])
-            .arg(&sink.config);
-        if delete {
-            command.arg("--delete");
-        }
-        let out = command.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let gc = |delete: bool| gc(&sink.config, delete);
     let listed = gc(false);
     assert!(listed.contains(&format!("orphan {orphan}")), "{listed}");
     assert!(listed.contains("1 orphan(s)"), "{listed}");
@@ -419,22 +423,7 @@ async fn multipart_uploads_fail_abort_and_commit_exactly_once() {
         &extra,
     );
     let config = sink.config.clone();
-    let gc = |delete: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command
-            .args(["gc", "--older-than", "0s", "--config"])
-            .arg(&config);
-        if delete {
-            command.arg("--delete");
-        }
-        let out = command.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let gc = |delete: bool| gc(&config, delete);
 
     // The third part fails: the upload is aborted, the retry succeeds.
     sink.start_with_env(&[("SLUICE_FAILPOINT", "part_upload:3")]);

@@ -197,17 +197,7 @@ async fn kitchen_sink_reads_back_field_by_field_with_pyarrow() {
     sink.wait_committed(&[3], std::time::Duration::from_secs(60));
     assert!(sink.stop().success(), "{}", sink.logs());
 
-    let out = Command::new(support::python())
-        .arg(support::repo().join("tests/py/rows.py"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = support::python_json("rows.py", &[dir.path()]);
     assert_eq!(read["dead_letters"], json!([]), "every record is a row");
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3);

@@ -3,7 +3,6 @@
 //! checked in each file's metadata.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 
 use sluice::buffer::{Buffers, Record, UNIQUE_COLUMNS};
@@ -109,17 +108,8 @@ fn pyarrow_reads_every_codec_and_option_combination() {
             }
         }
     }
-    let out = Command::new(support::python())
-        .arg(support::repo().join("tests/py/parquet_facts.py"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: HashMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = support::python_json("parquet_facts.py", &[dir.path()]);
+    let seen: HashMap<String, serde_json::Value> = serde_json::from_value(seen).unwrap();
     assert_eq!(seen.len(), expected.len());
     for (name, facts) in &expected {
         assert_eq!(&seen[name], facts, "{name}");

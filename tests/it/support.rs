@@ -358,22 +358,28 @@ pub fn read_back_committed(url: &str, queue: Option<&str>) -> Value {
 
 /// [`read_back`] with more arguments of `read_back.py`.
 pub fn read_back_with(url: &str, queue: Option<&str>, flags: &[&str]) -> Value {
-    let mut command = Command::new(python());
-    command
-        .arg(repo().join("tests/py/read_back.py"))
-        .arg(url)
-        .arg("--rows")
-        .args(flags);
+    let mut args = vec![url, "--rows"];
+    args.extend_from_slice(flags);
     if let Some(q) = queue {
-        command.args(["--queue", q]);
+        args.extend(["--queue", q]);
     }
-    let output = command.output().expect("run read_back.py");
+    python_json("read_back.py", &args)
+}
+
+/// Runs `tests/py/<script>` (pyarrow, an independent Parquet reader) with
+/// `args` and parses the JSON it prints.
+pub fn python_json(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Value {
+    let output = Command::new(python())
+        .arg(repo().join("tests/py").join(script))
+        .args(args)
+        .output()
+        .expect("run a Python reader");
     assert!(
         output.status.success(),
-        "read_back.py failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("read_back.py prints JSON")
+    serde_json::from_slice(&output.stdout).expect("the Python reader prints JSON")
 }
 
 pub fn schemas_dir() -> PathBuf {
