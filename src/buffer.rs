@@ -64,7 +64,7 @@ impl FieldValues {
 /// route.
 type FileKey = (i32, i64, u32, u8);
 
-/// When an open file is full.
+/// When an open file is full, and how much of it stays in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct FileLimits {
     pub max_rows: Option<u64>,
@@ -72,6 +72,13 @@ pub struct FileLimits {
     /// encoded (every [`BATCH_ROWS`] rows or 1 MiB of payload), so a file
     /// may pass it by up to one batch.
     pub max_bytes: usize,
+    /// A row group closes when its pages reach this (before compression),
+    /// if `row_group_rows` did not close it first.
+    pub row_group_bytes: usize,
+    /// Streamed files: once this many encoded bytes are held, they are
+    /// handed out as the file's next [`Part`]. `None`: files are kept whole
+    /// until closed.
+    pub part_bytes: Option<usize>,
 }
 
 impl Default for FileLimits {
@@ -79,6 +86,58 @@ impl Default for FileLimits {
         Self {
             max_rows: None,
             max_bytes: usize::MAX,
+            row_group_bytes: usize::MAX,
+            part_bytes: None,
+        }
+    }
+}
+
+/// A stretch of a file still being written, to upload as part `number`
+/// (from 1) of the file's stream.
+#[derive(Debug)]
+pub struct Part {
+    pub stream: u64,
+    pub partition: i32,
+    pub number: i32,
+    pub bytes: Vec<u8>,
+}
+
+/// A finished file's bytes.
+#[derive(Debug)]
+pub enum Body {
+    /// All of them.
+    Whole(Vec<u8>),
+    /// The rest after the `parts` already handed out for `stream`; `size`
+    /// is the whole file's.
+    Streamed {
+        stream: u64,
+        parts: i32,
+        tail: Vec<u8>,
+        size: u64,
+    },
+}
+
+impl Body {
+    /// Bytes held in memory.
+    pub fn held(&self) -> usize {
+        match self {
+            Body::Whole(bytes) | Body::Streamed { tail: bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// All the bytes, if none were streamed.
+    pub fn whole(self) -> Option<Vec<u8>> {
+        match self {
+            Body::Whole(bytes) => Some(bytes),
+            Body::Streamed { .. } => None,
+        }
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        match self {
+            Body::Whole(bytes) => bytes.len() as u64,
+            Body::Streamed { size, .. } => *size,
         }
     }
 }
@@ -130,7 +189,7 @@ pub struct FinishedFile {
     pub max_time_micros: i64,
     /// The registry's id of the schema the rows were decoded with.
     pub schema_id: Option<u32>,
-    pub bytes: Vec<u8>,
+    pub body: Body,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +264,12 @@ pub struct Buffers {
     field_values: FieldValues,
     /// Estimated bytes held by all open files.
     buffered_bytes: usize,
+    /// Stretches of streamed files, to upload.
+    parts: Vec<Part>,
+    /// Streams of files dropped before they were finished.
+    abandoned: Vec<u64>,
+    /// The last stream number given out.
+    last_stream: u64,
 }
 
 #[derive(Debug)]
@@ -222,6 +287,10 @@ struct OpenFile {
     rows: u64,
     min_time_micros: i64,
     max_time_micros: i64,
+    /// Streamed: its stream, the parts and bytes handed out so far.
+    stream: Option<u64>,
+    parts: i32,
+    streamed: u64,
 }
 
 impl Buffers {
@@ -248,6 +317,9 @@ impl Buffers {
             partitioning: Partitioning::hourly(""),
             field_values: FieldValues::default(),
             buffered_bytes: 0,
+            parts: Vec::new(),
+            abandoned: Vec::new(),
+            last_stream: 0,
         }
     }
 
@@ -276,7 +348,7 @@ impl Buffers {
             *bytes.entry(*partition).or_default() += file.held_bytes();
         }
         for file in &self.rolled {
-            *bytes.entry(file.partition).or_default() += file.bytes.len();
+            *bytes.entry(file.partition).or_default() += file.body.held();
         }
         bytes
     }
@@ -298,7 +370,7 @@ impl Buffers {
     ) -> Result<(), WriteError> {
         let closed = self.close_open(None)?;
         self.rolled.extend(closed);
-        self.buffered_bytes = self.rolled.iter().map(|f| f.bytes.len()).sum();
+        self.buffered_bytes = self.rolled.iter().map(|f| f.body.held()).sum();
         self.schema = table_schema(&plan);
         self.plan = plan;
         self.descriptor = descriptor;
@@ -358,7 +430,25 @@ impl Buffers {
         if file.pending_rows >= BATCH_ROWS || file.pending_bytes >= BATCH_BYTES {
             let before = file.held_bytes();
             file.encode_pending(&self.schema)?;
+            file.writer.bound_row_group(self.limits.row_group_bytes)?;
             file.full = file.writer.reached(self.limits.max_bytes)?;
+            if let Some(min) = self.limits.part_bytes
+                && let Some(bytes) = file.writer.take_encoded(min)
+            {
+                let stream = *file.stream.get_or_insert_with(|| {
+                    self.last_stream += 1;
+                    self.last_stream
+                });
+                file.parts += 1;
+                file.streamed += bytes.len() as u64;
+                file.encoded_bytes = file.writer.memory_size();
+                self.parts.push(Part {
+                    stream,
+                    partition: record.partition,
+                    number: file.parts,
+                    bytes,
+                });
+            }
             self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         }
         if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
@@ -367,13 +457,31 @@ impl Buffers {
         Ok(())
     }
 
+    /// Stretches of streamed files handed out since the last call, in the
+    /// order they were written.
+    pub fn take_parts(&mut self) -> Vec<Part> {
+        std::mem::take(&mut self.parts)
+    }
+
+    pub fn has_parts(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
+    /// Streams whose files were dropped since the last call: their uploads
+    /// are to be aborted.
+    pub fn take_abandoned(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.abandoned)
+    }
+
     /// Drops everything buffered for `partition` (it was revoked).
     pub fn drop_partition(&mut self, partition: i32) {
         let mut dropped = 0;
+        let abandoned = &mut self.abandoned;
         self.files.retain(|(p, _, _, _), file| {
             let keep = *p != partition;
             if !keep {
                 dropped += file.held_bytes();
+                abandoned.extend(file.stream);
             }
             keep
         });
@@ -381,10 +489,14 @@ impl Buffers {
         self.rolled.retain(|file| {
             let keep = file.partition != partition;
             if !keep {
-                dropped += file.bytes.len();
+                dropped += file.body.held();
+                if let Body::Streamed { stream, .. } = file.body {
+                    abandoned.push(stream);
+                }
             }
             keep
         });
+        self.parts.retain(|part| part.partition != partition);
         self.buffered_bytes = self.buffered_bytes.saturating_sub(dropped);
     }
 
@@ -496,6 +608,9 @@ impl OpenFile {
             rows: 0,
             min_time_micros: first.envelope.time_micros,
             max_time_micros: first.envelope.time_micros,
+            stream: None,
+            parts: 0,
+            streamed: 0,
         })
     }
 
@@ -584,7 +699,16 @@ impl OpenFile {
         footer.push(("sluice.partition", partition.to_string()));
         footer.push(("sluice.first_offset", self.first_offset.to_string()));
         footer.push(("sluice.last_offset", self.last_offset.to_string()));
-        let bytes = self.writer.close(&footer)?;
+        let rest = self.writer.close(&footer)?;
+        let body = match self.stream {
+            None => Body::Whole(rest),
+            Some(stream) => Body::Streamed {
+                stream,
+                parts: self.parts,
+                size: self.streamed + rest.len() as u64,
+                tail: rest,
+            },
+        };
         Ok(FinishedFile {
             kind: FileKind::Data,
             route,
@@ -597,7 +721,7 @@ impl OpenFile {
             min_time_micros: self.min_time_micros,
             max_time_micros: self.max_time_micros,
             schema_id: None,
-            bytes,
+            body,
         })
     }
 }
@@ -611,45 +735,51 @@ mod tests {
     use crate::sample::OrderSample;
     use crate::schema::LocalRegistry;
 
-    #[test]
-    fn files_hold_only_rows_that_decoded() {
+    fn buffers() -> (Buffers, OrderSample) {
         let registry =
             LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
         let descriptor = registry.message("sluice.examples.OrderPlaced").unwrap();
         let sample = OrderSample::new(&descriptor).unwrap();
         let plan = Arc::new(MessagePlan::new(&descriptor, 3).unwrap());
-        let mut buffers = Buffers::new(
+        let buffers = Buffers::new(
             descriptor,
             plan,
             crate::writer::properties(&Default::default(), &UNIQUE_COLUMNS),
             vec![],
         );
-        fn record(offset: i64, payload: &[u8]) -> Record<'_> {
-            Record {
-                partition: 0,
-                offset,
-                kafka_timestamp_ms: None,
-                envelope: Envelope {
-                    id: None,
-                    source: None,
-                    time_micros: 1_767_225_600_000_000,
-                    encoding: Encoding::Protobuf,
-                    extensions: vec![],
-                    tenant_header: None,
-                    dataschema: None,
-                },
-                payload,
-                route: 0,
-            }
+        (buffers, sample)
+    }
+
+    fn record(partition: i32, offset: i64, payload: &[u8]) -> Record<'_> {
+        Record {
+            partition,
+            offset,
+            kafka_timestamp_ms: None,
+            envelope: Envelope {
+                id: None,
+                source: None,
+                time_micros: 1_767_225_600_000_000,
+                encoding: Encoding::Protobuf,
+                extensions: vec![],
+                tenant_header: None,
+                dataschema: None,
+            },
+            payload,
+            route: 0,
         }
+    }
+
+    #[test]
+    fn files_hold_only_rows_that_decoded() {
+        let (mut buffers, sample) = buffers();
         let good = sample.encode(1);
         let good = good.as_slice();
         // The first record opens the file and fails; later ones land.
-        assert!(buffers.push(&record(7, b"\xff\xff")).is_err());
-        buffers.push(&record(8, good)).unwrap();
-        buffers.push(&record(9, good)).unwrap();
+        assert!(buffers.push(&record(0, 7, b"\xff\xff")).is_err());
+        buffers.push(&record(0, 8, good)).unwrap();
+        buffers.push(&record(0, 9, good)).unwrap();
         // Another folder that only ever saw a failure: no file at all.
-        let mut other = record(10, b"\xff\xff");
+        let mut other = record(0, 10, b"\xff\xff");
         other.envelope.time_micros += 3_600_000_000;
         assert!(buffers.push(&other).is_err());
         let files = buffers.finish_all().unwrap();
@@ -658,5 +788,52 @@ mod tests {
             (files[0].first_offset, files[0].last_offset, files[0].rows),
             (8, 9, 2)
         );
+    }
+
+    /// Streamed files hand out numbered parts while written; parts and
+    /// tail make the whole file; a dropped partition's streams are
+    /// abandoned.
+    #[test]
+    fn streamed_files_hand_out_parts_that_make_the_file() {
+        let (buffers, sample) = buffers();
+        let mut buffers = buffers.with_limits(FileLimits {
+            row_group_bytes: 64 * 1024,
+            part_bytes: Some(32 * 1024),
+            ..FileLimits::default()
+        });
+        let payloads: Vec<Vec<u8>> = (0..40_000).map(|i| sample.encode(i)).collect();
+        let mut file = Vec::new();
+        let mut numbers = Vec::new();
+        for (offset, payload) in payloads.iter().enumerate() {
+            buffers.push(&record(0, offset as i64, payload)).unwrap();
+            buffers.push(&record(1, offset as i64, payload)).unwrap();
+            for part in buffers.take_parts() {
+                if part.partition == 0 {
+                    numbers.push(part.number);
+                    file.extend(part.bytes);
+                }
+            }
+        }
+        assert!(numbers.len() > 2, "{numbers:?}");
+        assert_eq!(numbers, (1..=numbers.len() as i32).collect::<Vec<_>>());
+        buffers.drop_partition(1);
+        assert_eq!(buffers.take_abandoned().len(), 1);
+        let mut files = buffers.finish_all().unwrap();
+        assert_eq!(files.len(), 1);
+        let Body::Streamed {
+            parts, tail, size, ..
+        } = std::mem::replace(&mut files[0].body, Body::Whole(Vec::new()))
+        else {
+            panic!("not streamed");
+        };
+        assert_eq!(parts as usize, numbers.len());
+        file.extend(tail);
+        assert_eq!(size, file.len() as u64);
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(file),
+        )
+        .unwrap();
+        let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, payloads.len());
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! Order of a checkpoint, per partition:
 //! 1. upload the data files (keys hold topic, partition, first and last
-//!    offset, so a retry overwrites only its own attempt);
+//!    offset, so a retry overwrites only its own attempt); large files
+//!    were streamed to a key of their own while written
+//!    ([`crate::upload`]) and are completed there;
 //! 2. create the manifest for the range `(from, to]` with `If-None-Match: *`
 //!    at a key made of `from + 1` — **the commit point**;
-//! 3. in bucket-notifications mode, copy each file from its staging key to
-//!    its live key; then send one notification per file of the manifest;
+//! 3. copy each staged file (bucket-notifications mode, streamed files)
+//!    from its staged key to its live key; then send one notification per
+//!    file of the manifest;
 //! 4. write the manifest's `.notified` marker;
 //! 5. commit `to + 1` to Kafka — advice for lag dashboards, never read back
 //!    while a manifest exists.
@@ -30,7 +33,6 @@
 //!
 //! DESIGN.md lists what a crash between each step leaves behind.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,16 +40,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::buffer::{FileKind, FinishedFile};
+use std::collections::HashMap;
+
+use crate::buffer::{Body, FileKind, FinishedFile};
 use crate::layout;
 use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Manifests};
 use crate::notify::{FileNotification, Notifier};
-use crate::store::{ObjectStore, PutMode, StoreError};
+use crate::store::{ObjectStore, PutMode, StoreError, retry};
 use crate::telemetry::Telemetry;
 use crate::tenancy::Tenancy;
+use crate::upload::Streams;
 
-/// Attempts per store call before the checkpoint fails.
-const STORE_ATTEMPTS: u32 = 8;
+/// Backoff between attempts to send notifications.
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -71,6 +75,9 @@ pub struct Committer {
     pub prefix: String,
     pub event: String,
     pub topic: String,
+    /// Names this process in manifests and stream keys
+    /// ([`writer_id`]).
+    pub writer: String,
     pub notifier: Arc<dyn Notifier>,
     /// Bucket-notifications mode: files are uploaded under this prefix and
     /// copied to their live key after the manifest.
@@ -81,33 +88,18 @@ pub struct Committer {
     pub telemetry: Telemetry,
     /// Set on shutdown: notification retries give up instead of waiting on.
     pub stopping: Arc<AtomicBool>,
+    /// Files being streamed while written.
+    pub streams: Streams,
 }
 
-/// Retries `op` on retryable errors with exponential backoff.
-async fn retry<T, E, F, Fut>(
-    what: &str,
-    telemetry: &Telemetry,
-    is_retryable: impl Fn(&E) -> bool,
-    mut op: F,
-) -> Result<T, E>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = BACKOFF_START;
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if is_retryable(&e) && attempt < STORE_ATTEMPTS => {
-                telemetry.store_retry(what, attempt, &e);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+/// A name for this process, unique across restarts and hosts.
+pub fn writer_id() -> String {
+    format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into()),
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    )
 }
 
 impl Committer {
@@ -147,21 +139,35 @@ impl Committer {
                 file.last_offset,
             ),
         };
-        let size = file.bytes.len() as u64;
-        let body = Bytes::from(file.bytes);
+        let size = file.body.size();
         let started = Instant::now();
-        let staged_key = match (file.kind, tenant) {
-            (FileKind::Data, None) => self.staging.as_ref().map(|s| format!("{s}/{key}")),
-            _ => None,
+        let (staged_key, e_tag) = match file.body {
+            Body::Streamed {
+                stream,
+                parts,
+                tail,
+                ..
+            } => {
+                let (staged, e_tag) = self.streams.finish(stream, parts, tail).await?;
+                (Some(staged), e_tag)
+            }
+            Body::Whole(bytes) => {
+                let staged_key = match (file.kind, tenant) {
+                    (FileKind::Data, None) => self.staging.as_ref().map(|s| format!("{s}/{key}")),
+                    _ => None,
+                };
+                let upload_key = staged_key.as_deref().unwrap_or(&key);
+                let body = Bytes::from(bytes);
+                let e_tag = retry(
+                    upload_key,
+                    &self.telemetry,
+                    StoreError::is_retryable,
+                    || self.store.put(upload_key, body.clone(), PutMode::Overwrite),
+                )
+                .await?;
+                (staged_key, e_tag)
+            }
         };
-        let upload_key = staged_key.as_deref().unwrap_or(&key);
-        let e_tag = retry(
-            upload_key,
-            &self.telemetry,
-            StoreError::is_retryable,
-            || self.store.put(upload_key, body.clone(), PutMode::Overwrite),
-        )
-        .await?;
         self.telemetry
             .file_uploaded(&key, file.rows, size, started.elapsed());
         Ok((
@@ -195,9 +201,15 @@ impl Committer {
         Ok(outcome)
     }
 
-    /// Bucket-notifications mode: copies staged files to their live keys and
-    /// removes the staged copies. Idempotent, so recovery can run it again.
-    async fn publish(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
+    /// Copies staged files to their live keys and removes the staged
+    /// copies. Idempotent, so recovery can run it again. Returns the live
+    /// copies' ETags by key: a copy of a streamed (multipart) object has
+    /// another ETag than the upload had.
+    async fn publish(
+        &self,
+        manifests: &[Manifest],
+    ) -> Result<HashMap<String, String>, CommitError> {
+        let mut published = HashMap::new();
         for file in manifests.iter().flat_map(|m| &m.files) {
             let Some(staged) = &file.staged_key else {
                 continue;
@@ -206,36 +218,46 @@ impl Committer {
                 self.store.copy(staged, &file.key)
             })
             .await;
-            match copied {
-                Ok(_) => {}
+            let e_tag = match copied {
+                Ok(e_tag) => e_tag,
                 // Published by an earlier attempt that then crashed.
-                Err(StoreError::NotFound(_)) if self.is_live(&file.key).await? => {}
+                Err(StoreError::NotFound(_)) => match self.live_tag(&file.key).await? {
+                    Some(e_tag) => e_tag,
+                    None => return Err(StoreError::NotFound(staged.clone()).into()),
+                },
                 Err(e) => return Err(e.into()),
-            }
+            };
             retry(staged, &self.telemetry, StoreError::is_retryable, || {
                 self.store.delete(staged)
             })
             .await?;
+            published.insert(file.key.clone(), e_tag);
         }
-        Ok(())
+        Ok(published)
     }
 
-    async fn is_live(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.store.list(key).await?.iter().any(|o| o.key == key))
+    async fn live_tag(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .list(key)
+            .await?
+            .into_iter()
+            .find(|o| o.key == key)
+            .map(|o| o.e_tag))
     }
 
     /// Steps 3 and 4: (publish,) one notification per file, then the
     /// markers. Failed sends are retried with backoff until accepted or the
     /// process stops.
     pub async fn announce(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
-        self.publish(manifests).await?;
+        let published = self.publish(manifests).await?;
         let mut pending: Vec<FileNotification> = manifests
             .iter()
             .flat_map(|m| {
                 m.files
                     .iter()
                     .filter(|f| f.kind.is_data() && f.tenant.is_none())
-                    .map(move |f| self.notification(m, f))
+                    .map(|f| self.notification(m, f, published.get(&f.key)))
             })
             .collect();
         let mut backoff = BACKOFF_START;
@@ -274,12 +296,18 @@ impl Committer {
         Ok(())
     }
 
-    fn notification(&self, manifest: &Manifest, file: &ManifestFile) -> FileNotification {
+    /// `live_tag`: the ETag of the file's live copy, when it was staged.
+    fn notification(
+        &self,
+        manifest: &Manifest,
+        file: &ManifestFile,
+        live_tag: Option<&String>,
+    ) -> FileNotification {
         FileNotification {
             bucket: self.store.bucket().to_owned(),
             key: file.key.clone(),
             size: file.size,
-            e_tag: file.e_tag.clone(),
+            e_tag: live_tag.unwrap_or(&file.e_tag).clone(),
             event_time: manifest.committed_at.clone(),
             event: self.event.clone(),
             topic: self.topic.clone(),

@@ -200,6 +200,9 @@ fn default_time() -> String {
     "event".to_owned()
 }
 
+/// The largest `files.max_bytes`.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
 fn default_max_file_bytes() -> u64 {
     128 * 1024 * 1024
 }
@@ -587,6 +590,14 @@ impl Config {
         }
         if self.files.max_bytes < 1024 * 1024 {
             return Err(bad("files.max_bytes", "expected at least 1MiB".into()));
+        }
+        if self.files.max_bytes > MAX_FILE_BYTES {
+            // A streamed file is copied to its key, and S3 copies at most
+            // 5 GiB in one request; a file may pass max_bytes by a batch.
+            return Err(bad(
+                "files.max_bytes",
+                "expected at most 4GiB (streamed files are copied to their key; S3 copies up to 5 GiB)".into(),
+            ));
         }
         let parquet = &self.parquet;
         let level_range = match parquet.compression {

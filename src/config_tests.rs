@@ -223,4 +223,9 @@ fn parquet_and_files_sections() {
         assert!(e.contains(key) && e.contains(expected), "{body}: {e}");
         assert!(e.contains("sinks/test.toml"), "{e}");
     }
+    let e = error(&format!("{MINIMAL}\n[files]\nmax_bytes = \"5GiB\"\n"), &[]);
+    assert!(
+        e.contains("files.max_bytes") && e.contains("at most 4GiB"),
+        "{e}"
+    );
 }

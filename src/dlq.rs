@@ -17,7 +17,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use parquet::file::properties::WriterProperties;
 
-use crate::buffer::{FileKind, FinishedFile};
+use crate::buffer::{Body, FileKind, FinishedFile};
 use crate::layout;
 use crate::schema::UTC;
 use crate::writer::{FileWriter, WriteError};
@@ -252,7 +252,7 @@ impl DeadLetters {
                 min_time_micros: open.min_time_micros,
                 max_time_micros: open.max_time_micros,
                 schema_id: None,
-                bytes: writer.close(&footer)?,
+                body: Body::Whole(writer.close(&footer)?),
             });
         }
         Ok(out)
@@ -284,16 +284,18 @@ mod tests {
             reason: "payload is truncated",
         });
         assert!(dlq.buffered_bytes() > 0);
-        let files = dlq.finish_all().unwrap();
+        let mut files = dlq.finish_all().unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(
             (files[0].partition, files[0].first_offset, files[0].rows),
             (3, 17, 1)
         );
-        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(files[0].bytes.clone()))
-            .unwrap()
-            .build()
-            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(
+            files.remove(0).body.whole().unwrap(),
+        ))
+        .unwrap()
+        .build()
+        .unwrap();
         let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
         assert_eq!(batches[0].num_rows(), 1);
         assert_eq!(batches[0].schema(), schema());

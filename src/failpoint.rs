@@ -3,8 +3,9 @@
 //! Built only with the `failpoints` feature. `SLUICE_FAILPOINT=<name>:<n>`
 //! aborts the process (no unwinding, no final checkpoint, like SIGKILL) the
 //! `n`-th time the crash point named `<name>` is reached, or makes the
-//! error point `<name>` fail that time. Without the feature every
-//! point is an empty inline function.
+//! error point `<name>` fail that time; `<name>:<n>+` makes an error point
+//! fail every time from the `n`-th on. Without the feature every point is
+//! an empty inline function.
 
 /// After the checkpoint's files are uploaded, before any manifest.
 pub const AFTER_UPLOAD: &str = "after_upload";
@@ -26,18 +27,28 @@ mod active {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    /// The point, the hit it fires at, and whether it fires on every hit
+    /// after that too.
+    static ARMED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
 
-    /// Whether this is the n-th time `name` is reached.
+    /// Whether this is the n-th time `name` is reached (or a later one,
+    /// when armed with `+`).
     pub(super) fn reached(name: &str) -> bool {
         let armed = ARMED.get_or_init(|| {
             let spec = std::env::var("SLUICE_FAILPOINT").ok()?;
             let (point, n) = spec.split_once(':').unwrap_or((&spec, "1"));
-            Some((point.to_owned(), n.parse().unwrap_or(1)))
+            let (n, on) = n.strip_suffix('+').map_or((n, false), |n| (n, true));
+            Some((point.to_owned(), n.parse().unwrap_or(1), on))
         });
-        matches!(armed, Some((point, n)) if point == name
-            && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n)
+        let Some((point, n, on)) = armed else {
+            return false;
+        };
+        if point != name {
+            return false;
+        }
+        let hit = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+        hit == *n || (*on && hit > *n)
     }
 
     pub(super) fn hit(name: &str) {

@@ -19,8 +19,9 @@ pub enum GcError {
     Store(#[from] StoreError),
 }
 
-/// Data files under `<prefix>/<event>/` (and the staging prefix, if any)
-/// that no manifest lists and that are older than `older_than`.
+/// Data files under `<prefix>/<event>/`, streamed files under
+/// [`layout::streams_root`] (and the staging prefix, if any) that no
+/// manifest lists and that are older than `older_than`.
 pub async fn find_orphans(
     store: &dyn ObjectStore,
     manifests: &Manifests,
@@ -32,11 +33,12 @@ pub async fn find_orphans(
     // Listing data before manifests: a file committed in between is then
     // seen in a manifest, never mistaken for an orphan.
     let mut data = store.list(&layout::data_root(prefix, event)).await?;
-    data.extend(
-        store
-            .list(&layout::dead_letters_root(prefix, event))
-            .await?,
-    );
+    for root in [
+        layout::dead_letters_root(prefix, event),
+        layout::streams_root(prefix, event),
+    ] {
+        data.extend(store.list(&root).await?);
+    }
     if let Some(staging) = staging {
         data.extend(store.list(&format!("{staging}/")).await?);
     }
@@ -56,8 +58,8 @@ pub async fn find_orphans(
         .collect())
 }
 
-/// Multipart uploads under the sink's data, dead-letter and staging
-/// prefixes begun at least `older_than` ago and never completed: left by a
+/// Multipart uploads under the sink's data, dead-letter, streams and
+/// staging prefixes begun at least `older_than` ago and never completed: left by a
 /// process that died mid-upload (a failed upload aborts its own).
 pub async fn find_abandoned_uploads(
     store: &dyn ObjectStore,
@@ -67,11 +69,12 @@ pub async fn find_abandoned_uploads(
     older_than: Duration,
 ) -> Result<Vec<Upload>, GcError> {
     let mut uploads = store.uploads(&layout::data_root(prefix, event)).await?;
-    uploads.extend(
-        store
-            .uploads(&layout::dead_letters_root(prefix, event))
-            .await?,
-    );
+    for root in [
+        layout::dead_letters_root(prefix, event),
+        layout::streams_root(prefix, event),
+    ] {
+        uploads.extend(store.uploads(&root).await?);
+    }
     if let Some(staging) = staging {
         uploads.extend(store.uploads(&format!("{staging}/")).await?);
     }

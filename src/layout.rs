@@ -48,6 +48,12 @@ pub fn dead_letters_root(prefix: &str, event: &str) -> String {
     under(prefix, &format!("_dead_letters/{event}/"))
 }
 
+/// Where files streamed while written wait for their checkpoint:
+/// `<prefix>/_sluice/streams/<event>/`.
+pub fn streams_root(prefix: &str, event: &str) -> String {
+    under(prefix, &format!("_sluice/streams/{event}/"))
+}
+
 /// The key of a data file in the default folder layout.
 pub fn data_key(
     prefix: &str,

@@ -28,4 +28,5 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod upload;
 pub mod writer;

@@ -79,7 +79,6 @@ struct Progress {
 struct State {
     topic: String,
     framing: Framing,
-    writer_id: String,
     buffers: Buffers,
     dead_letters: DeadLetters,
     error_policy: ErrorPolicy,
@@ -121,18 +120,11 @@ impl Pipeline {
         checkpoint_interval: Duration,
         max_buffer_bytes: usize,
     ) -> Pipeline {
-        let writer_id = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into()),
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        );
         Pipeline {
             consumer,
             state: State {
                 topic: committer.topic.clone(),
                 framing,
-                writer_id,
                 buffers,
                 dead_letters,
                 error_policy,
@@ -170,6 +162,9 @@ impl Pipeline {
                     consumed += 1;
                 }
             }
+            if state.buffers.has_parts() {
+                state.stream_parts(&consumer);
+            }
             let now = Instant::now();
             if now >= next_publish {
                 state.telemetry.consumed(std::mem::take(&mut consumed));
@@ -193,7 +188,35 @@ impl Pipeline {
 
 impl State {
     fn buffered_bytes(&self) -> usize {
-        self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes()
+        self.buffers.buffered_bytes()
+            + self.dead_letters.buffered_bytes()
+            + self.committer.streams.held_bytes()
+    }
+
+    /// Hands the parts of streamed files to their uploads. When as many
+    /// parts as allowed are in flight, consumption pauses until one is
+    /// done.
+    fn stream_parts(&mut self, consumer: &KafkaConsumer) {
+        let streams = &self.committer.streams;
+        for part in self.buffers.take_parts() {
+            let permit = match streams.try_permit() {
+                Some(permit) => Some(permit),
+                None => {
+                    consumer.context().pause_all(consumer);
+                    let permit = wait_polling(&self.runtime, consumer, streams.permit());
+                    consumer.context().resume_all(consumer);
+                    permit
+                }
+            };
+            streams.send(part, permit);
+        }
+    }
+
+    /// Aborts the uploads of streamed files that were dropped.
+    fn abort_abandoned(&mut self) {
+        for stream in self.buffers.take_abandoned() {
+            self.committer.streams.abort(stream);
+        }
     }
 
     /// Partitions to checkpoint before the interval is up: those with a
@@ -252,6 +275,7 @@ impl State {
                     self.owned.remove(&partition);
                     self.checkpoint.forget(partition);
                     self.buffers.drop_partition(partition);
+                    self.abort_abandoned();
                     self.dead_letters.drop_partition(partition);
                     self.outbox.retain(|m| m.partition != partition);
                 }
@@ -479,7 +503,7 @@ impl State {
                 skipped: self.owned.get(&partition).map_or(0, |p| p.skipped),
                 files,
                 committed_at: committed_at.clone(),
-                writer: self.writer_id.clone(),
+                writer: self.committer.writer.clone(),
             };
             if consumer.context().revoked_pending(partition) {
                 // Lost during this checkpoint: the new owner re-reads the

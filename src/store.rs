@@ -11,7 +11,9 @@ mod s3;
 
 pub mod conformance;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +23,7 @@ pub use memory::MemoryStore;
 pub use s3::S3Store;
 
 use crate::config::{Config, StorageUrl};
+use crate::telemetry::Telemetry;
 
 /// How a put treats an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +93,40 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Copies `from` to `to` inside the store (server-side on S3) and returns
     /// the new object's ETag.
     async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError>;
-    /// The bucket name announced in notifications.
+
+    /// Whether the store takes an object in parts ([`Self::create_upload`],
+    /// [`Self::upload_part`], [`Self::complete_upload`]). Without, callers
+    /// put whole bodies.
+    fn multipart(&self) -> bool {
+        false
+    }
+
+    /// Begins a multipart upload to `key`.
+    async fn create_upload(&self, key: &str) -> Result<Upload, StoreError> {
+        Err(no_multipart(key))
+    }
+
+    /// Uploads part `number` (from 1) and returns its ETag. Every part but
+    /// the last must be at least [`MIN_PART_BYTES`].
+    async fn upload_part(
+        &self,
+        upload: &Upload,
+        _number: i32,
+        _body: Bytes,
+    ) -> Result<String, StoreError> {
+        Err(no_multipart(&upload.key))
+    }
+
+    /// Joins `parts` (number, ETag; in number order) into the object and
+    /// returns its ETag.
+    async fn complete_upload(
+        &self,
+        upload: &Upload,
+        _parts: &[(i32, String)],
+    ) -> Result<String, StoreError> {
+        Err(no_multipart(&upload.key))
+    }
+
     /// Multipart uploads begun under `prefix` and neither completed nor
     /// aborted (none for stores without them).
     async fn uploads(&self, _prefix: &str) -> Result<Vec<Upload>, StoreError> {
@@ -101,7 +137,53 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// The bucket name announced in notifications.
     fn bucket(&self) -> &str;
+}
+
+/// S3's smallest part but the last.
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+fn no_multipart(key: &str) -> StoreError {
+    StoreError::Other {
+        op: "put",
+        key: key.to_owned(),
+        message: "this store takes no multipart uploads".to_owned(),
+        retryable: false,
+    }
+}
+
+/// Attempts per store call before giving up.
+const ATTEMPTS: u32 = 8;
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Runs `op` until it succeeds, fails for good, or has failed [`ATTEMPTS`]
+/// times, with exponential backoff between attempts.
+pub async fn retry<T, E, F, Fut>(
+    what: &str,
+    telemetry: &Telemetry,
+    is_retryable: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = BACKOFF_START;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if is_retryable(&e) && attempt < ATTEMPTS => {
+                telemetry.store_retry(what, attempt, &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The store `storage.url` names, and the key prefix inside it.

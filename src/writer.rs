@@ -79,7 +79,8 @@ impl FileWriter {
         Ok(self.inner.write(batch)?)
     }
 
-    /// Bytes held: encoded row groups plus the open row group's pages.
+    /// Bytes held: encoded row groups not yet taken plus the open row
+    /// group's pages.
     pub fn memory_size(&self) -> usize {
         self.inner.inner().len() + self.inner.memory_size()
     }
@@ -96,7 +97,25 @@ impl FileWriter {
         Ok(self.inner.bytes_written() >= limit)
     }
 
-    /// Finishes the file with `metadata` in its footer and returns its bytes.
+    /// Closes the open row group once its pages hold `max` bytes or more
+    /// (before compression), so one file's unflushed pages stay bounded
+    /// whatever `row_group_rows` says.
+    pub fn bound_row_group(&mut self, max: usize) -> Result<(), WriteError> {
+        if self.inner.in_progress_size() >= max {
+            self.inner.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The encoded bytes not yet handed out, once there are at least `min`
+    /// of them: the next stretch of the file, for a streamed upload. The
+    /// writer counts offsets itself, so the rest of the file follows on.
+    pub fn take_encoded(&mut self, min: usize) -> Option<Vec<u8>> {
+        (self.inner.inner().len() >= min).then(|| std::mem::take(self.inner.inner_mut()))
+    }
+
+    /// Finishes the file with `metadata` in its footer and returns its bytes
+    /// (those after the last [`Self::take_encoded`]).
     pub fn close(mut self, metadata: &[(&str, String)]) -> Result<Vec<u8>, WriteError> {
         for (key, value) in metadata {
             self.inner
@@ -116,6 +135,49 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+
+    /// A file handed out in stretches while written reads back whole.
+    #[test]
+    fn taken_stretches_and_the_rest_make_the_file() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let config = ParquetConfig {
+            compression: Codec::None,
+            ..ParquetConfig::default()
+        };
+        let mut writer = FileWriter::new(schema.clone(), properties(&config, &[])).unwrap();
+        let mut file = Vec::new();
+        for chunk in 0..20i64 {
+            let values =
+                arrow::array::Int64Array::from_iter_values(chunk * 10_000..(chunk + 1) * 10_000);
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+            writer.write(&batch).unwrap();
+            writer.bound_row_group(32 * 1024).unwrap();
+            if let Some(part) = writer.take_encoded(64 * 1024) {
+                file.extend(part);
+            }
+        }
+        assert!(
+            file.len() > 1_000_000,
+            "stretches were taken: {}",
+            file.len()
+        );
+        file.extend(writer.close(&[]).unwrap());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(file)).unwrap();
+        assert!(reader.metadata().num_row_groups() >= 20);
+        let mut expected = 0i64;
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            for v in batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+            {
+                assert_eq!(*v, expected);
+                expected += 1;
+            }
+        }
+        assert_eq!(expected, 200_000);
+    }
 
     #[test]
     fn durations_and_footer_metadata_round_trip() {

@@ -8,11 +8,11 @@ use prost_reflect::MessageDescriptor;
 use tracing::info;
 
 use crate::buffer::{self, Buffers, FileLimits};
-use crate::commit::Committer;
+use crate::commit::{self, Committer};
 use crate::config::{Config, ParquetConfig, SchemaSource};
 use crate::dlq::DeadLetters;
 use crate::framing::Framing;
-use crate::layout::PathTemplate;
+use crate::layout::{self, PathTemplate};
 use crate::manifest::Manifests;
 use crate::partitioning::{Partitioning, TimeSource};
 use crate::pipeline::{self, Pipeline};
@@ -20,6 +20,7 @@ use crate::schema::{ConfluentRegistry, LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
 use crate::telemetry::{self, Telemetry};
 use crate::tenancy::Tenancy;
+use crate::upload::Streams;
 use crate::{notify, source, store, writer};
 
 #[derive(Debug, clap::Args)]
@@ -64,7 +65,8 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     // again); the rest for open files.
     let budget = config.memory.max_buffer_bytes;
     let kafka_bytes = budget / 8;
-    let files_bytes = budget - budget / 4;
+    let files_bytes = usize::try_from(budget - budget / 4).unwrap_or(usize::MAX);
+    let streaming = Streaming::within(files_bytes);
     let consumer = source::connect(
         &config.kafka,
         &format!("sluice-{}", config.event.name),
@@ -107,6 +109,8 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     .with_limits(FileLimits {
         max_rows: config.files.max_rows,
         max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
+        row_group_bytes: streaming.row_group_bytes,
+        part_bytes: store.multipart().then_some(streaming.part_bytes),
     });
     for column in &config.parquet.bloom_filters {
         if buffers.schema().field_with_name(column).is_err() {
@@ -124,18 +128,31 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let staging = config.staging_prefix(&prefix);
+    let writer_id = commit::writer_id();
+    let streams = Streams::new(
+        store.clone(),
+        handle.clone(),
+        format!(
+            "{}{writer_id}/",
+            layout::streams_root(&prefix, &config.event.name)
+        ),
+        streaming.parts_in_flight,
+        telemetry.clone(),
+    );
     let committer = Committer {
         store,
         manifests,
         prefix,
         event: config.event.name.clone(),
         topic: config.kafka.topic.clone(),
+        writer: writer_id,
         notifier,
         staging,
         tenancy: Tenancy::new(&config.tenants),
         concurrency: config.storage.upload_concurrency,
         telemetry: telemetry.clone(),
         stopping: stop.clone(),
+        streams,
     };
     info!(
         event = %config.event.name,
@@ -154,12 +171,40 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         handle,
         telemetry,
         config.checkpoint.interval,
-        usize::try_from(files_bytes).unwrap_or(usize::MAX),
+        files_bytes,
     )
     .run(&stop)?;
     info!("stopped cleanly");
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())
+}
+
+/// How much of a file is in memory at once, from the files' share of the
+/// memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Streaming {
+    /// A row group closes at this many bytes of pages (if not at
+    /// `row_group_rows` first).
+    row_group_bytes: usize,
+    /// Streamed files go up in parts of this size.
+    part_bytes: usize,
+    /// Parts of all files held for upload at once.
+    parts_in_flight: usize,
+}
+
+impl Streaming {
+    /// Row groups up to an eighth of the share; parts a sixteenth (within
+    /// S3's 5 MiB minimum and 16 MiB), as many in flight as fit in another
+    /// eighth (one to four).
+    fn within(files_bytes: usize) -> Streaming {
+        const MAX_PART: usize = 16 * 1024 * 1024;
+        let part_bytes = (files_bytes / 16).clamp(store::MIN_PART_BYTES, MAX_PART);
+        Streaming {
+            row_group_bytes: files_bytes / 8,
+            part_bytes,
+            parts_in_flight: (files_bytes / 8 / part_bytes).clamp(1, 4),
+        }
+    }
 }
 
 /// The payload message, its registry id and how payloads are framed, from
@@ -198,5 +243,41 @@ fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Fr
             );
             Ok((descriptor, Some(id), framing))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Streaming;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn streaming_follows_the_budget() {
+        // memory.max_buffer_bytes 64 MiB, 256 MiB, 2 GiB: files get three quarters.
+        assert_eq!(
+            Streaming::within(48 * MIB),
+            Streaming {
+                row_group_bytes: 6 * MIB,
+                part_bytes: 5 * MIB,
+                parts_in_flight: 1
+            }
+        );
+        assert_eq!(
+            Streaming::within(192 * MIB),
+            Streaming {
+                row_group_bytes: 24 * MIB,
+                part_bytes: 12 * MIB,
+                parts_in_flight: 2
+            }
+        );
+        assert_eq!(
+            Streaming::within(1536 * MIB),
+            Streaming {
+                row_group_bytes: 192 * MIB,
+                part_bytes: 16 * MIB,
+                parts_in_flight: 4
+            }
+        );
     }
 }

@@ -120,4 +120,64 @@ pub async fn run(store: &dyn ObjectStore) {
     for k in [&second, &third] {
         store.delete(k).await.expect("delete");
     }
+    if store.multipart() {
+        multipart(store, &base).await;
+    }
+}
+
+/// Parts uploaded out of order join in number order; an aborted upload
+/// leaves nothing; open uploads are listed by prefix until completed.
+async fn multipart(store: &dyn ObjectStore, base: &str) {
+    let key = format!("{base}/m/joined.bin");
+    let upload = store.create_upload(&key).await.expect("create upload");
+    let first = Bytes::from(vec![7u8; super::MIN_PART_BYTES]);
+    let second = store
+        .upload_part(&upload, 2, Bytes::from_static(b"tail"))
+        .await
+        .expect("part 2");
+    let one = store.upload_part(&upload, 1, first).await.expect("part 1");
+    let open = store.uploads(&format!("{base}/m/")).await.expect("uploads");
+    assert_eq!(open.len(), 1, "the open upload is listed: {open:?}");
+    assert_eq!(
+        (open[0].key.as_str(), open[0].id.as_str()),
+        (key.as_str(), upload.id.as_str())
+    );
+    assert!(
+        matches!(store.get(&key).await, Err(StoreError::NotFound(_))),
+        "an upload is not an object before it is completed"
+    );
+    store
+        .complete_upload(&upload, &[(1, one), (2, second)])
+        .await
+        .expect("complete");
+    let body = store.get(&key).await.expect("get joined");
+    assert_eq!(body.len(), super::MIN_PART_BYTES + 4);
+    assert_eq!(&body[body.len() - 5..], b"\x07tail");
+    assert!(
+        store
+            .uploads(&format!("{base}/m/"))
+            .await
+            .expect("uploads")
+            .is_empty()
+    );
+
+    let dropped = format!("{base}/m/dropped.bin");
+    let upload = store.create_upload(&dropped).await.expect("create upload");
+    store
+        .upload_part(&upload, 1, Bytes::from_static(b"x"))
+        .await
+        .expect("part 1");
+    store.abort_upload(&upload).await.expect("abort");
+    assert!(
+        store
+            .uploads(&format!("{base}/m/"))
+            .await
+            .expect("uploads")
+            .is_empty()
+    );
+    assert!(matches!(
+        store.get(&dropped).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.delete(&key).await.expect("delete");
 }

@@ -1,17 +1,24 @@
 //! An in-memory store for component tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, content_tag, now_secs};
+use super::{ObjectMeta, ObjectStore, PutMode, StoreError, Upload, content_tag, now_secs};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Object>>,
+    /// Open multipart uploads by id: the upload and its parts by number.
+    uploads: Mutex<HashMap<String, OpenUpload>>,
+    next_upload: AtomicU64,
 }
+
+/// An upload and its parts by number.
+type OpenUpload = (Upload, BTreeMap<i32, Bytes>);
 
 #[derive(Debug, Clone)]
 struct Object {
@@ -28,6 +35,10 @@ impl MemoryStore {
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Object>> {
         // A panic while holding the lock cannot leave the map inconsistent.
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenUpload>> {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -87,6 +98,82 @@ impl ObjectStore for MemoryStore {
         let tag = object.tag.clone();
         objects.insert(to.to_owned(), object);
         Ok(tag)
+    }
+
+    fn multipart(&self) -> bool {
+        true
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<Upload, StoreError> {
+        let upload = Upload {
+            key: key.to_owned(),
+            id: format!(
+                "upload-{}",
+                self.next_upload.fetch_add(1, Ordering::Relaxed)
+            ),
+            initiated: now_secs(),
+        };
+        self.open_uploads()
+            .insert(upload.id.clone(), (upload.clone(), BTreeMap::new()));
+        Ok(upload)
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &Upload,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let tag = content_tag(&body);
+        self.open_uploads()
+            .get_mut(&upload.id)
+            .ok_or_else(|| StoreError::NotFound(upload.key.clone()))?
+            .1
+            .insert(number, body);
+        Ok(tag)
+    }
+
+    async fn complete_upload(
+        &self,
+        upload: &Upload,
+        parts: &[(i32, String)],
+    ) -> Result<String, StoreError> {
+        let (_, held) = self
+            .open_uploads()
+            .remove(&upload.id)
+            .ok_or_else(|| StoreError::NotFound(upload.key.clone()))?;
+        let mut body = Vec::new();
+        for (number, tag) in parts {
+            match held.get(number) {
+                Some(part) if content_tag(part) == *tag => body.extend_from_slice(part),
+                _ => {
+                    return Err(StoreError::Other {
+                        op: "put",
+                        key: upload.key.clone(),
+                        message: format!("part {number} was not uploaded with ETag {tag}"),
+                        retryable: false,
+                    });
+                }
+            }
+        }
+        self.put(&upload.key, Bytes::from(body), PutMode::Overwrite)
+            .await
+    }
+
+    async fn uploads(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {
+        let mut open: Vec<Upload> = self
+            .open_uploads()
+            .values()
+            .filter(|(u, _)| u.key.starts_with(prefix))
+            .map(|(u, _)| u.clone())
+            .collect();
+        open.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(open)
+    }
+
+    async fn abort_upload(&self, upload: &Upload) -> Result<(), StoreError> {
+        self.open_uploads().remove(&upload.id);
+        Ok(())
     }
 
     fn bucket(&self) -> &str {

@@ -82,90 +82,34 @@ impl S3Store {
     /// aborts the upload, so no parts are left behind; a crash leaves it
     /// for `sluice gc`.
     async fn put_multipart(&self, key: &str, body: Bytes) -> Result<String, StoreError> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify("put", key, e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let result = self.upload_parts(key, &upload_id, &body).await;
+        let upload = self.create_upload(key).await?;
+        let result = self.upload_parts(&upload, &body).await;
         if result.is_err() {
             // Best effort: gc finds what an abort misses.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            let _ = self.abort_upload(&upload).await;
         }
         result
     }
 
-    async fn upload_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        body: &Bytes,
-    ) -> Result<String, StoreError> {
-        let ranges: Vec<(i32, std::ops::Range<usize>)> = (0..body.len())
+    async fn upload_parts(&self, upload: &Upload, body: &Bytes) -> Result<String, StoreError> {
+        let parts = (0..body.len())
             .step_by(PART_BYTES)
             .zip(1..)
-            .map(|(start, number)| (number, start..(start + PART_BYTES).min(body.len())))
-            .collect();
-        let mut parts: Vec<CompletedPart> =
-            stream::iter(ranges.into_iter().map(|(number, range)| {
-                let part = body.slice(range);
-                async move {
-                    if failpoint::fail(failpoint::PART_UPLOAD) {
-                        return Err(StoreError::Other {
-                            op: "put",
-                            key: key.to_owned(),
-                            message: format!("injected failure of part {number}"),
-                            retryable: true,
-                        });
-                    }
-                    let out = self
-                        .client
-                        .upload_part()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(upload_id)
-                        .part_number(number)
-                        .body(ByteStream::from(part))
-                        .send()
-                        .await
-                        .map_err(|e| classify("put", key, e))?;
-                    failpoint::hit(failpoint::AFTER_PART);
-                    Ok(CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_owned))
-                        .build())
-                }
-            }))
-            .buffer_unordered(PARTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        parts.sort_by_key(|p| p.part_number());
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify("put", key, e))?;
-        Ok(out.e_tag().unwrap_or_default().to_owned())
+            .map(|(start, number)| {
+                (
+                    number,
+                    body.slice(start..(start + PART_BYTES).min(body.len())),
+                )
+            });
+        let mut done: Vec<(i32, String)> = stream::iter(parts.map(|(number, part)| async move {
+            let e_tag = self.upload_part(upload, number, part).await?;
+            Ok::<_, StoreError>((number, e_tag))
+        }))
+        .buffer_unordered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+        done.sort_unstable();
+        self.complete_upload(upload, &done).await
     }
 }
 
@@ -266,6 +210,86 @@ impl ObjectStore for S3Store {
             .and_then(|r| r.e_tag())
             .unwrap_or_default()
             .to_owned())
+    }
+
+    fn multipart(&self) -> bool {
+        true
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<Upload, StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("put", key, e))?;
+        Ok(Upload {
+            key: key.to_owned(),
+            id: created.upload_id().unwrap_or_default().to_owned(),
+            initiated: super::now_secs(),
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &Upload,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        if failpoint::fail(failpoint::PART_UPLOAD) {
+            return Err(StoreError::Other {
+                op: "put",
+                key: upload.key.clone(),
+                message: format!("injected failure of part {number}"),
+                retryable: true,
+            });
+        }
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify("put", &upload.key, e))?;
+        failpoint::hit(failpoint::AFTER_PART);
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn complete_upload(
+        &self,
+        upload: &Upload,
+        parts: &[(i32, String)],
+    ) -> Result<String, StoreError> {
+        let parts = parts
+            .iter()
+            .map(|(number, e_tag)| {
+                CompletedPart::builder()
+                    .part_number(*number)
+                    .e_tag(e_tag)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("put", &upload.key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
     async fn uploads(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {

@@ -46,7 +46,7 @@ fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path:
     buffers.push(&record).unwrap();
     let file = buffers.finish_all().unwrap().remove(0);
     let path = dir.join("one.parquet");
-    std::fs::write(&path, file.bytes).unwrap();
+    std::fs::write(&path, file.body.whole().unwrap()).unwrap();
     path
 }
 

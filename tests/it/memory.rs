@@ -43,13 +43,6 @@ fn size_of(seq: u64) -> usize {
     (10_000.0 * (MIB as f64 / 10_000.0).powf(u)) as usize
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
     let topic = support::unique("memory");
@@ -125,7 +118,7 @@ async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
     }
     sink.wait_committed(&ends, Duration::from_secs(600));
     let pid = sink.pid().unwrap();
-    let peak = peak_rss(pid);
+    let peak = support::peak_rss(pid);
     let metrics = sink.metrics();
     assert!(sink.stop().success(), "{}", sink.logs());
     let early = metrics

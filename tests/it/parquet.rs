@@ -86,7 +86,11 @@ fn pyarrow_reads_every_codec_and_option_combination() {
                     }
                     let mut files = buffers.finish_all().unwrap();
                     assert_eq!(files.len(), 1);
-                    std::fs::write(dir.path().join(&name), files.remove(0).bytes).unwrap();
+                    std::fs::write(
+                        dir.path().join(&name),
+                        files.remove(0).body.whole().unwrap(),
+                    )
+                    .unwrap();
                     expected.insert(
                         name,
                         serde_json::json!({

@@ -4,7 +4,7 @@ write), and prints it as JSON for the integration tests and the demo.
 usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL] [--extra COLUMN]
        read_back.py file:///dir [--rows] [--committed] [--extra COLUMN]
 
-Prints {"files": [{key, size, rows, metadata}], "rows": [...], "messages": [...],
+Prints {"files": [{key, size, e_tag, rows, metadata}], "rows": [...], "messages": [...],
 "manifests": [...], "orphans": [...]}. With --committed only the files that a
 manifest lists are read (what loaders may see); the rest are orphans.
 Dead letters are [partition, offset, stage, reason, value hex, headers].
@@ -35,14 +35,14 @@ def objects(url):
         for page in pages:
             for obj in page.get("Contents", []):
                 body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-                yield obj["Key"], body
+                yield obj["Key"], body, obj["ETag"]
     elif url.startswith("file://"):
         root = url[7:]
         for dirpath, _, names in os.walk(root):
             for name in sorted(names):
                 path = os.path.join(dirpath, name)
                 with open(path, "rb") as f:
-                    yield os.path.relpath(path, root), f.read()
+                    yield os.path.relpath(path, root), f.read(), None
     else:
         sys.exit(f"unsupported url {url}")
 
@@ -79,11 +79,11 @@ def main():
            "dead_letters": []}
     everything = list(objects(args.url))
     prefix = args.url[5:].partition("/")[2] if args.url.startswith("s3://") else ""
-    for key, body in everything:
+    for key, body, _ in everything:
         if "/_sluice/manifests/" in "/" + key and key.endswith(".json"):
             out["manifests"].append(json.loads(body))
     listed = {f["key"] for m in out["manifests"] for f in m["files"]}
-    for key, body in everything:
+    for key, body, e_tag in everything:
         if not key.endswith(".parquet"):
             continue
         full = key if not prefix or key.startswith(prefix) else prefix + "/" + key
@@ -95,6 +95,7 @@ def main():
         out["files"].append({
             "key": key,
             "size": len(body),
+            "e_tag": e_tag,
             "rows": table.num_rows,
             "metadata": {k.decode(): v.decode() for k, v in meta.items()
                          if k.decode().startswith("sluice.")},
