@@ -387,6 +387,12 @@ impl Buffers {
         self.buffered_bytes
     }
 
+    /// Rows in open and rolled files.
+    pub fn buffered_rows(&self) -> u64 {
+        self.files.values().map(|f| f.rows).sum::<u64>()
+            + self.rolled.iter().map(|f| f.rows).sum::<u64>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.rolled.is_empty()
     }

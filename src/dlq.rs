@@ -164,6 +164,11 @@ impl DeadLetters {
         self.buffered_bytes
     }
 
+    /// Dead letters not yet handed over.
+    pub fn buffered_rows(&self) -> u64 {
+        self.open.values().map(|o| o.rows).sum()
+    }
+
     pub fn push(&mut self, letter: &DeadLetter<'_>) {
         let time = letter
             .kafka_timestamp_ms

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod failpoint;
 pub mod framing;
 pub mod gc;
+pub mod health;
 pub mod layout;
 pub mod manifest;
 pub mod notify;

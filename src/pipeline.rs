@@ -96,6 +96,9 @@ struct State {
     outbox: Vec<Manifest>,
     /// Next offsets last committed to the Kafka group, per partition.
     advised: BTreeMap<i32, i64>,
+    /// Records taken since the count was last published: those of owned
+    /// partitions past their committed offset, each once.
+    consumed: u64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -138,6 +141,7 @@ impl Pipeline {
                 owned: BTreeMap::new(),
                 outbox: Vec::new(),
                 advised: BTreeMap::new(),
+                consumed: 0,
             },
         }
     }
@@ -150,25 +154,20 @@ impl Pipeline {
         } = self;
         let mut next_checkpoint = Instant::now() + state.checkpoint_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
-        let mut consumed = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let polled = consumer.poll(source::POLL_TIMEOUT);
             state.apply_assignments(&consumer)?;
             match polled {
                 None => {}
                 Some(Err(e)) => warn!(error = %e, "kafka poll error"),
-                Some(Ok(message)) => {
-                    state.ingest(&message)?;
-                    consumed += 1;
-                }
+                Some(Ok(message)) => state.ingest(&message)?,
             }
             if state.buffers.has_parts() {
                 state.stream_parts(&consumer);
             }
             let now = Instant::now();
             if now >= next_publish {
-                state.telemetry.consumed(std::mem::take(&mut consumed));
-                state.telemetry.buffered(state.buffered_bytes());
+                state.publish(&consumer);
                 next_publish = now + PUBLISH_EVERY;
             }
             if now >= next_checkpoint {
@@ -178,7 +177,7 @@ impl Pipeline {
                 state.checkpoint(&consumer, Some(&partitions))?;
             }
         }
-        state.telemetry.consumed(consumed);
+        state.publish(&consumer);
         info!("stopping: committing what is buffered");
         state.checkpoint(&consumer, None)?;
         consumer.unsubscribe();
@@ -187,6 +186,33 @@ impl Pipeline {
 }
 
 impl State {
+    /// Counts and gauges: records taken, what is buffered, each owned
+    /// partition's lag (high watermark − next offset to commit).
+    fn publish(&mut self, consumer: &KafkaConsumer) {
+        self.telemetry.consumed(std::mem::take(&mut self.consumed));
+        self.publish_buffered();
+        let marks = consumer.context().high_watermarks();
+        for (&partition, progress) in &self.owned {
+            let next = match self.checkpoint.position(partition) {
+                Some(to) => to + 1,
+                None => match progress.first_read {
+                    Some(first) => first,
+                    None => continue,
+                },
+            };
+            if let Some(&mark) = marks.get(&partition) {
+                self.telemetry.lag(partition, (mark - next).max(0));
+            }
+        }
+    }
+
+    fn publish_buffered(&self) {
+        self.telemetry.buffered(
+            self.buffered_bytes(),
+            self.buffers.buffered_rows() + self.dead_letters.buffered_rows(),
+        );
+    }
+
     fn buffered_bytes(&self) -> usize {
         self.buffers.buffered_bytes()
             + self.dead_letters.buffered_bytes()
@@ -257,7 +283,17 @@ impl State {
 
     /// Acts on partitions assigned or revoked during the last poll.
     fn apply_assignments(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
-        for event in consumer.context().take_events() {
+        let events = consumer.context().take_events();
+        let assigned = events
+            .iter()
+            .filter(|e| matches!(e, Assignment::Assigned { .. }))
+            .count();
+        let revoked = events
+            .iter()
+            .filter(|e| matches!(e, Assignment::Revoked { .. }))
+            .count();
+        self.telemetry.rebalanced(assigned, revoked);
+        for event in events {
             match event {
                 Assignment::Assigned { partition, latest } => {
                     self.owned.insert(partition, Progress::default());
@@ -273,6 +309,7 @@ impl State {
                 }
                 Assignment::Revoked { partition } => {
                     self.owned.remove(&partition);
+                    self.telemetry.lag(partition, 0);
                     self.checkpoint.forget(partition);
                     self.buffers.drop_partition(partition);
                     self.abort_abandoned();
@@ -308,6 +345,7 @@ impl State {
         }
         progress.first_read.get_or_insert(offset);
         progress.last_read = Some(offset);
+        self.consumed += 1;
         match self.buffer_row(message)? {
             Outcome::Row => Ok(()),
             Outcome::Dropped => {
@@ -519,9 +557,14 @@ impl State {
                         error!(partition, error = %e, "progress out of step with the store");
                         self.checkpoint.reset(partition, Some(range.to));
                     }
-                    rows += manifest.files.iter().map(|f| f.rows).sum::<u64>();
-                    bytes += manifest.files.iter().map(|f| f.size).sum::<u64>();
-                    count += manifest.files.len();
+                    let now_micros = chrono::Utc::now().timestamp_micros();
+                    for file in manifest.files.iter().filter(|f| f.kind.is_data()) {
+                        rows += file.rows;
+                        bytes += file.size;
+                        count += 1;
+                        let age = now_micros - file.min_event_time_micros;
+                        self.telemetry.commit_latency(age.max(0) as f64 / 1e6);
+                    }
                     self.outbox.push(manifest);
                 }
                 CommitOutcome::Fenced {
@@ -549,7 +592,7 @@ impl State {
         failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
         self.telemetry
             .checkpoint_done(count, rows, bytes, started.elapsed());
-        self.telemetry.buffered(self.buffered_bytes());
+        self.publish_buffered();
         Ok(())
     }
 

@@ -6,21 +6,23 @@
 //! the store; Kafka group offsets are only advice (lag dashboards, the very
 //! first start).
 
-use std::time::Duration;
-
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
+use crate::health::Health;
 use crate::manifest::{Latest, ManifestError, Manifests};
 
 /// Settings sluice needs whatever the pass-through properties say.
@@ -64,6 +66,10 @@ pub struct SourceContext {
     /// Set while a checkpoint runs: partitions assigned meanwhile start
     /// paused, like the rest.
     paused: AtomicBool,
+    /// Told whether the consumer is in its group.
+    health: Arc<Health>,
+    /// Each partition's high watermark, from the client's statistics.
+    high_watermarks: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -75,14 +81,29 @@ impl std::fmt::Debug for SourceContext {
 }
 
 impl SourceContext {
-    pub fn new(topic: &str, manifests: Manifests, runtime: Handle) -> SourceContext {
+    pub fn new(
+        topic: &str,
+        manifests: Manifests,
+        runtime: Handle,
+        health: Arc<Health>,
+    ) -> SourceContext {
         SourceContext {
             topic: topic.to_owned(),
             manifests,
             runtime,
             events: Arc::new(Mutex::new(Vec::new())),
             paused: AtomicBool::new(false),
+            health,
+            high_watermarks: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The last known high watermark of each partition of the topic.
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        self.high_watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Pauses every assigned partition (and those assigned until
@@ -168,8 +189,9 @@ impl SourceContext {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
         };
-        if let Err(e) = assigned {
-            warn!(error = %e, "partition assignment failed");
+        match assigned {
+            Ok(()) => self.health.set_joined(true),
+            Err(e) => warn!(error = %e, "partition assignment failed"),
         }
         if self.paused.load(Ordering::SeqCst)
             && let Err(e) = consumer.pause(tpl)
@@ -201,7 +223,30 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// Every [`STATISTICS_INTERVAL_MS`]: group membership for `/readyz`,
+    /// high watermarks for the lag gauges.
+    fn stats(&self, statistics: Statistics) {
+        if let Some(group) = &statistics.cgrp {
+            self.health
+                .set_joined(group.state == "up" && group.join_state == "steady");
+        }
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            let mut marks = self
+                .high_watermarks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.hi_offset >= 0 {
+                    marks.insert(*partition, stats.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+/// How often the client reports statistics (unless set otherwise).
+const STATISTICS_INTERVAL_MS: &str = "1000";
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -248,6 +293,7 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, kafka_bytes: u64) -> 
         (half / 1024).max(1024).to_string(),
     );
     config.set("fetch.max.bytes", half.max(1 << 20).to_string());
+    config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }

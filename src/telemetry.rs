@@ -2,28 +2,10 @@
 //! line and the metric together, so call sites never spell metric names.
 //! Metric handles are created once; incrementing one is an atomic add.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{debug, info, warn};
-
-/// Installs the Prometheus exporter serving `/metrics` on `listen`.
-/// Must be called inside a Tokio runtime.
-pub fn install_exporter(listen: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-            ],
-        )
-        .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))
-}
 
 /// Why a record did not become a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +44,13 @@ pub struct Telemetry {
     offset_commit_failures: Counter,
     fenced: Counter,
     buffered: Gauge,
+    buffered_rows: Gauge,
+    budget: Gauge,
     schema_id: Gauge,
     early_checkpoints: Counter,
     checkpoint_seconds: Histogram,
     upload_seconds: Histogram,
+    commit_latency: Histogram,
 }
 
 impl Telemetry {
@@ -82,10 +67,13 @@ impl Telemetry {
             offset_commit_failures: counter!("sluice_kafka_commit_failures_total", &label),
             fenced: counter!("sluice_fencing_rejections_total", &label),
             buffered: gauge!("sluice_buffered_bytes", &label),
+            buffered_rows: gauge!("sluice_buffered_rows", &label),
+            budget: gauge!("sluice_memory_budget_bytes", &label),
             schema_id: gauge!("sluice_schema_id", &label),
             early_checkpoints: counter!("sluice_memory_checkpoints_total", &label),
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
+            commit_latency: histogram!("sluice_commit_latency_seconds", &label),
         }
     }
 
@@ -150,8 +138,39 @@ impl Telemetry {
         self.early_checkpoints.increment(1);
     }
 
-    pub fn buffered(&self, bytes: usize) {
+    /// What the buffers hold: bytes (as the budget counts them) and rows
+    /// not yet committed.
+    pub fn buffered(&self, bytes: usize, rows: u64) {
         self.buffered.set(bytes as f64);
+        self.buffered_rows.set(rows as f64);
+    }
+
+    /// `memory.max_buffer_bytes`, for dashboards to set the buffers against.
+    pub fn memory_budget(&self, bytes: u64) {
+        self.budget.set(bytes as f64);
+    }
+
+    /// Partitions assigned to or revoked from this process in one
+    /// rebalance.
+    pub fn rebalanced(&self, assigned: usize, revoked: usize) {
+        for (kind, count) in [("assign", assigned), ("revoke", revoked)] {
+            if count > 0 {
+                counter!("sluice_rebalances_total", "event" => self.event.clone(), "kind" => kind)
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Records of `partition` in Kafka not yet committed by this process
+    /// (0 once the partition is revoked).
+    pub fn lag(&self, partition: i32, records: i64) {
+        gauge!("sluice_partition_lag", "event" => self.event.clone(), "partition" => partition.to_string())
+            .set(records as f64);
+    }
+
+    /// A data file committed `seconds` after its oldest event happened.
+    pub fn commit_latency(&self, seconds: f64) {
+        self.commit_latency.record(seconds);
     }
 
     pub fn file_uploaded(&self, key: &str, rows: u64, size: u64, took: Duration) {

@@ -12,13 +12,14 @@ use crate::commit::{self, Committer};
 use crate::config::{Config, ParquetConfig, SchemaSource};
 use crate::dlq::DeadLetters;
 use crate::framing::Framing;
+use crate::health::{self, Health};
 use crate::layout::{self, PathTemplate};
 use crate::manifest::Manifests;
 use crate::partitioning::{Partitioning, TimeSource};
 use crate::pipeline::{self, Pipeline};
 use crate::schema::{ConfluentRegistry, LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::tenancy::Tenancy;
 use crate::upload::Streams;
 use crate::{notify, source, store, writer};
@@ -41,9 +42,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let handle = runtime.handle().clone();
 
     let listen = config.metrics_listen().map_err(anyhow::Error::msg)?;
-    runtime
-        .block_on(async { telemetry::install_exporter(listen) })
-        .map_err(anyhow::Error::msg)?;
+    let metrics = health::install_recorder().map_err(anyhow::Error::msg)?;
 
     let (descriptor, schema_id, framing) = schema(&config)?;
     let plan = Arc::new(MessagePlan::new(
@@ -59,7 +58,19 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         &config.event.name,
         &config.kafka.topic,
     );
-    let context = SourceContext::new(&config.kafka.topic, manifests.clone(), handle.clone());
+    let health = Health::new(
+        store.clone(),
+        layout::manifests_root(&prefix, &config.event.name, &config.kafka.topic),
+    );
+    runtime
+        .block_on(health::serve(listen, metrics, health.clone()))
+        .map_err(anyhow::Error::msg)?;
+    let context = SourceContext::new(
+        &config.kafka.topic,
+        manifests.clone(),
+        handle.clone(),
+        health,
+    );
     // The memory budget: a quarter for the Kafka client, which is told an
     // eighth (its buffers overshoot what it is told by up to as much
     // again); the rest for open files.
@@ -75,6 +86,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     )?;
 
     let telemetry = Telemetry::new(&config.event.name);
+    telemetry.memory_budget(budget);
     if let Some(id) = schema_id {
         telemetry.schema_in_use(id, false);
     }

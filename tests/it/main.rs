@@ -11,6 +11,7 @@ mod exactly_once;
 mod files;
 mod mapping;
 mod memory;
+mod operability;
 mod parquet;
 mod pipeline;
 mod registry;

@@ -671,3 +671,27 @@ pub fn peak_rss(pid: u32) -> u64 {
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
+
+/// GETs `url`: the status (0 when nothing answers) and the body.
+pub fn http_get(url: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The sum of every series of metric `name` whose labels contain all of
+/// `labels` (`key="value"` strings).
+pub fn metric(metrics: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| {
+            (k.as_str() == name || k.starts_with(&format!("{name}{{")))
+                && labels.iter().all(|l| k.contains(l))
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}

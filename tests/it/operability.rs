@@ -1,0 +1,143 @@
+//! What operators watch: `/readyz` follows the consumer group, and the
+//! metrics add up against what was produced and committed.
+
+use std::time::Duration;
+
+use sluice::sample;
+use tokio::net::TcpListener;
+
+use crate::support::{self, Sink, SinkSpec, metric, reference_sample};
+
+/// Forwards connections on `listener` to the broker. librdkafka only
+/// bootstraps through it: the broker advertises its own address.
+fn forward_to_broker(listener: TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(support::brokers()).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_group_and_metrics_add_up() {
+    const GOOD: u64 = 3000;
+    const PARTITIONS: i32 = 2;
+    let topic = support::unique("ops");
+    let bucket = support::unique("sluice-ops");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("ops-files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let produced = sample::produce(&support::brokers(), &topic, PARTITIONS, &sample, 0..GOOD)
+        .await
+        .unwrap();
+    let producer = support::producer();
+    // Two records that cannot become rows: a payload that does not decode,
+    // a content type sluice does not read.
+    const BAD: u64 = 2;
+    support::send_raw(&producer, &topic, b"\xff\xff\xff", &[]).await;
+    support::send_raw(
+        &producer,
+        &topic,
+        b"{}",
+        &[("content-type", b"avro/binary")],
+    )
+    .await;
+
+    let storage = format!("s3://{bucket}/raw");
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: Some(&queue),
+        interval: "2s",
+    });
+    // The broker is reached through a port where nothing listens yet: the
+    // process is alive but not in its group, so not ready.
+    let port = support::free_port();
+    sink.start_with_env(&[("SLUICE_KAFKA__BROKERS", &format!("127.0.0.1:{port}"))]);
+    let base = format!("http://127.0.0.1:{}", sink.metrics_port);
+    support::wait_until("/healthz to answer", Duration::from_secs(30), || {
+        support::http_get(&format!("{base}/healthz")).0 == 200
+    });
+    for _ in 0..6 {
+        let (status, body) = support::http_get(&format!("{base}/readyz"));
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains("not a member of the consumer group"),
+            "{body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    forward_to_broker(TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    support::wait_until("/readyz to say ready", Duration::from_secs(60), || {
+        support::http_get(&format!("{base}/readyz")).0 == 200
+    });
+
+    let mut ends = support::ends(&produced, PARTITIONS);
+    ends[0] += BAD as i64; // send_raw writes to partition 0
+    sink.wait_committed(&ends, Duration::from_secs(120));
+    let consumed = GOOD as f64 + BAD as f64;
+    support::wait_until("lag gauges to reach 0", Duration::from_secs(30), || {
+        let m = sink.metrics();
+        metric(&m, "sluice_records_consumed_total", &[]) == consumed
+            && (0..PARTITIONS).all(|p| {
+                m.keys().any(|k| {
+                    k.starts_with("sluice_partition_lag{")
+                        && k.contains(&format!("partition=\"{p}\""))
+                }) && metric(&m, "sluice_partition_lag", &[&format!("partition=\"{p}\"")]) == 0.0
+            })
+    });
+    let m = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+
+    let read = support::read_back_committed(&storage, Some(&queue));
+    let data_files: Vec<&serde_json::Value> = read["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["key"].as_str().unwrap().contains("/_dead_letters/"))
+        .collect();
+    let committed = metric(&m, "sluice_records_committed_total", &[]);
+    let dead = metric(&m, "sluice_records_dead_lettered_total", &[]);
+    let skipped = metric(&m, "sluice_records_skipped_total", &[]);
+    assert_eq!(committed, GOOD as f64, "{m:?}");
+    assert_eq!(dead, BAD as f64, "{m:?}");
+    assert_eq!(skipped, 0.0, "{m:?}");
+    // The delivery rate dashboards show.
+    assert_eq!((committed + dead + skipped) / consumed, 1.0);
+    assert_eq!(
+        metric(&m, "sluice_files_committed_total", &[]),
+        data_files.len() as f64
+    );
+    assert_eq!(
+        metric(&m, "sluice_bytes_committed_total", &[]),
+        data_files
+            .iter()
+            .map(|f| f["size"].as_f64().unwrap())
+            .sum::<f64>()
+    );
+    assert_eq!(
+        metric(&m, "sluice_notifications_sent_total", &[]),
+        read["messages"].as_array().unwrap().len() as f64
+    );
+    assert_eq!(
+        metric(&m, "sluice_commit_latency_seconds_count", &[]),
+        data_files.len() as f64
+    );
+    assert!(metric(&m, "sluice_checkpoint_duration_seconds_count", &[]) >= 1.0);
+    assert!(metric(&m, "sluice_upload_duration_seconds_count", &[]) >= data_files.len() as f64);
+    assert!(metric(&m, "sluice_rebalances_total", &["kind=\"assign\""]) >= 1.0);
+    assert_eq!(metric(&m, "sluice_buffered_rows", &[]), 0.0);
+    assert_eq!(
+        metric(&m, "sluice_memory_budget_bytes", &[]),
+        (256u64 << 20) as f64
+    );
+    assert_eq!(metric(&m, "sluice_fencing_rejections_total", &[]), 0.0);
+    assert_eq!(metric(&m, "sluice_notification_failures_total", &[]), 0.0);
+}
