@@ -223,7 +223,7 @@ fn envelope_fields() -> [Field; 7] {
 }
 
 /// The payload's columns, then the envelope's.
-fn table_schema(plan: &MessagePlan) -> SchemaRef {
+pub fn table_schema(plan: &MessagePlan) -> SchemaRef {
     let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
     fields.extend(envelope_fields());
     Arc::new(Schema::new(fields))

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod check;
 mod gc;
 mod run;
 
@@ -31,6 +32,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// List (or with --delete remove) data files that no manifest lists.
     Gc(gc::GcArgs),
+    /// Validate the config, reach Kafka, the store, the queue and the
+    /// schema, and print the files' schema.
+    Check(check::CheckArgs),
 }
 
 impl Cli {
@@ -38,6 +42,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::execute(args),
             Command::Gc(args) => gc::execute(args),
+            Command::Check(args) => check::execute(args),
         }
     }
 }

@@ -96,6 +96,11 @@ pub trait Notifier: Send + Sync + std::fmt::Debug {
     /// Sends one message per file. On error, [`NotifyError::failed`] lists
     /// the keys not accepted; the rest were.
     async fn send(&self, files: &[FileNotification]) -> Result<(), NotifyError>;
+
+    /// Checks the queue exists and answers; what it is, for `sluice check`.
+    async fn probe(&self) -> Result<String, String> {
+        Ok("no queue configured: files are not announced".to_owned())
+    }
 }
 
 /// No queue configured: nothing is announced.

@@ -221,7 +221,7 @@ impl Streaming {
 
 /// The payload message, its registry id and how payloads are framed, from
 /// `schema.registry`.
-fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Framing)> {
+pub(crate) fn schema(config: &Config) -> anyhow::Result<(MessageDescriptor, Option<u32>, Framing)> {
     match config.schema_source().map_err(anyhow::Error::msg)? {
         SchemaSource::Local(dir) => {
             let registry = LocalRegistry::open(&dir)?;

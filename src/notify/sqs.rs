@@ -59,6 +59,23 @@ fn dedup_id(key: &str) -> String {
 
 #[async_trait]
 impl Notifier for SqsNotifier {
+    async fn probe(&self) -> Result<String, String> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| format!("queue {}: {}", self.queue_url, DisplayErrorContext(&e)))?;
+        let arn = out
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
+        Ok(format!("queue {} ({arn})", self.queue_url))
+    }
+
     async fn send(&self, files: &[FileNotification]) -> Result<(), NotifyError> {
         let mut failed = Vec::new();
         let mut message = String::new();

@@ -141,3 +141,87 @@ async fn readyz_follows_the_group_and_metrics_add_up() {
     assert_eq!(metric(&m, "sluice_fencing_rejections_total", &[]), 0.0);
     assert_eq!(metric(&m, "sluice_notification_failures_total", &[]), 0.0);
 }
+
+/// `sluice check` and its output; `env` is set for the run.
+fn check(config: &std::path::Path, env: &[(&str, String)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Passes against the running stack; with each of Kafka, S3 and SQS out
+/// of reach (pointed at a port where nothing listens) it fails, naming that
+/// service and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_and_names_each_service_that_is_down() {
+    let topic = support::unique("check");
+    let bucket = support::unique("sluice-check");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("check-files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, 3)
+        .await
+        .unwrap();
+    let storage = format!("s3://{bucket}/raw");
+    let sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: Some(&queue),
+        interval: "5s",
+    });
+
+    let (ok, out) = check(&sink.config, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("ok    kafka   topic {topic}: 3 partition(s)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok    store   {storage} writable")),
+        "{out}"
+    );
+    assert!(out.contains("ok    queue   queue "), "{out}");
+    assert!(
+        out.contains("ok    schema  sluice.examples.OrderPlaced"),
+        "{out}"
+    );
+    assert!(out.contains("  order_id: Utf8"), "{out}");
+    assert!(
+        out.contains("  _event_time: Timestamp(µs, \"UTC\") not null")
+            || out.contains("_event_time: Timestamp("),
+        "{out}"
+    );
+    assert!(out.contains("message arrow_schema"), "{out}");
+    let probes = support::read_back(&storage, None);
+    assert!(
+        probes["files"].as_array().unwrap().is_empty(),
+        "the probe object is deleted"
+    );
+
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let cases = [
+        ("kafka", "SLUICE_KAFKA__BROKERS", dead.clone()),
+        ("store", "AWS_ENDPOINT_URL_S3", format!("http://{dead}")),
+        ("queue", "AWS_ENDPOINT_URL_SQS", format!("http://{dead}")),
+    ];
+    for (service, var, value) in cases {
+        let env = [(var, value), ("AWS_MAX_ATTEMPTS", "1".to_owned())];
+        let (ok, out) = check(&sink.config, &env);
+        assert!(!ok, "{service} down must fail: {out}");
+        let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+        assert_eq!(failed.len(), 1, "only {service} fails: {out}");
+        assert!(failed[0].starts_with(&format!("FAIL  {service}")), "{out}");
+        assert!(
+            out.contains(&format!("1 check(s) failed: {service}")),
+            "{out}"
+        );
+    }
+}
