@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand.
 
 mod check;
+mod ddl;
 mod gc;
 mod run;
 
@@ -35,6 +36,8 @@ pub enum Command {
     /// Validate the config, reach Kafka, the store, the queue and the
     /// schema, and print the files' schema.
     Check(check::CheckArgs),
+    /// Print the SQL that creates the warehouse table and loads the files.
+    Ddl(ddl::DdlArgs),
 }
 
 impl Cli {
@@ -43,6 +46,7 @@ impl Cli {
             Command::Run(args) => run::execute(args),
             Command::Gc(args) => gc::execute(args),
             Command::Check(args) => check::execute(args),
+            Command::Ddl(args) => ddl::execute(args),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commit;
 pub mod config;
+pub mod ddl;
 pub mod dlq;
 pub mod envelope;
 pub mod failpoint;

@@ -388,4 +388,45 @@ async fn kitchen_sink_reads_back_field_by_field_with_pyarrow() {
         .map(String::as_str)
         .collect();
     assert_eq!(written, named);
+
+    // The DuckDB DDL sluice prints creates a table these files load into,
+    // column for column.
+    let ddl = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "ddl",
+            "--dialect",
+            "duckdb",
+            "--table",
+            "kitchen",
+            "--config",
+        ])
+        .arg(&sink.config)
+        .env("SLUICE_EVENT__MESSAGE", "sluice.testing.KitchenSink")
+        .output()
+        .unwrap();
+    assert!(
+        ddl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ddl.stderr)
+    );
+    let sql = dir.path().join("kitchen.sql");
+    std::fs::write(&sql, &ddl.stdout).unwrap();
+    let loaded = support::python_json("duckdb_load.py", &[sql.as_os_str(), "kitchen".as_ref()]);
+    assert_eq!(loaded["count"], 3, "{loaded}");
+    let duck_types = loaded["types"].as_object().unwrap();
+    assert_eq!(
+        duck_types
+            .keys()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        written
+    );
+    assert_eq!(duck_types["f_uint64"], "UBIGINT");
+    assert_eq!(duck_types["f_packed"], "BIGINT[]");
+    assert_eq!(duck_types["_event_time"], "TIMESTAMP WITH TIME ZONE");
+    let full_row = &loaded["rows"][0];
+    assert_eq!(full_row["f_int64"], json!(i64::MIN));
+    assert_eq!(full_row["f_uint64"], json!(u64::MAX));
+    assert_eq!(full_row["f_string"], "Grüße, 東京");
+    assert_eq!(full_row["_event_id"], "ks-0");
 }
