@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration problem a user can fix from the message alone.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum ConfigError {
 }
 
 /// The whole sink configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The event type this process sinks.
@@ -71,7 +71,7 @@ pub struct Config {
     pub source_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventConfig {
     /// Short name of the event type; the first folder under the storage
@@ -83,7 +83,7 @@ pub struct EventConfig {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`host:port,host:port`).
@@ -102,7 +102,7 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
     /// `file://<dir>`: a directory of `.proto` files compiled at start-up,
@@ -130,7 +130,7 @@ fn default_recursion_depth() -> usize {
     3
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `s3://<bucket>/<prefix>` or `file:///<dir>`.
@@ -155,7 +155,7 @@ pub struct StorageConfig {
     pub staging_prefix: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// How often buffered rows are written, uploaded and committed
@@ -172,7 +172,7 @@ impl Default for CheckpointConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
     /// The folder of a data file below the prefix; see
@@ -221,7 +221,7 @@ impl Default for FilesConfig {
 /// Parquet encoding. Defaults favour warehouse loading: zstd level 3,
 /// dictionaries (off for near-unique columns), chunk statistics, format 1.0
 /// pages that every reader takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
     #[serde(default)]
@@ -279,7 +279,7 @@ impl Default for ParquetConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
     #[default]
@@ -302,7 +302,7 @@ impl Codec {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Statistics {
     None,
@@ -313,7 +313,7 @@ pub enum Statistics {
     Page,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ParquetVersion {
     #[default]
     #[serde(rename = "1.0")]
@@ -322,7 +322,7 @@ pub enum ParquetVersion {
     V2,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Upper bound on buffered rows and open files, in bytes (a number, or a
@@ -342,7 +342,7 @@ impl Default for MemoryConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// `dead_letter` (default): keep the record with the reason under
@@ -353,7 +353,7 @@ pub struct ErrorsConfig {
     pub policy: ErrorPolicy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsConfig {
     /// The header naming a record's tenant: `baggage` (W3C baggage, the
@@ -391,7 +391,7 @@ fn default_tenant_key() -> String {
     "tenant".into()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorPolicy {
     #[default]
@@ -400,7 +400,7 @@ pub enum ErrorPolicy {
     Skip,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// SQS queue URL; one message per committed file. Unset: no notifications.
@@ -408,7 +408,7 @@ pub struct NotifyConfig {
     pub queue_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `host:port` of the Prometheus `/metrics` endpoint.
@@ -460,6 +460,16 @@ pub enum StorageUrl {
 }
 
 impl Config {
+    /// The effective configuration as JSON with secrets masked: values
+    /// whose key says password, secret, token, JAAS or PEM key (Kafka's
+    /// SASL and SSL properties), and the password of any URL
+    /// (`scheme://user:password@host`).
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        redact(&mut value, "");
+        value
+    }
+
     /// Reads, overrides from the process environment, deserializes and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::load_with_env(path, std::env::vars())
@@ -860,3 +870,29 @@ pub fn parse_byte_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// Masks secrets in `value`, found under `key`.
+fn redact(value: &mut serde_json::Value, key: &str) {
+    const SECRET: [&str; 5] = ["password", "secret", "token", "jaas", "ssl.key.pem"];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                redact(v, k);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
+        serde_json::Value::String(text) => {
+            let name = key.to_ascii_lowercase();
+            if SECRET.iter().any(|s| name.contains(s)) {
+                *text = "***".to_owned();
+            } else if let Some((scheme, rest)) = text.split_once("://")
+                && let Some((userinfo, host)) = rest.split_once('@')
+                && !userinfo.contains('/')
+            {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                *text = format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        _ => {}
+    }
+}

@@ -229,3 +229,22 @@ fn parquet_and_files_sections() {
         "{e}"
     );
 }
+
+#[test]
+fn redacted_dump_masks_secrets_and_keeps_the_rest() {
+    let text = format!(
+        "{MINIMAL}\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\
+         \"sasl.jaas.config\" = \"user=a password=hunter2\"\n\
+         \"ssl.keystore.password\" = \"hunter2\"\n\"sasl.username\" = \"svc\"\n"
+    );
+    let env = [(
+        "SLUICE_NOTIFY__QUEUE_URL",
+        "https://ops:hunter2@sqs.example/1/q",
+    )];
+    let dump = parse(&text, &env).unwrap().redacted().to_string();
+    assert!(!dump.contains("hunter2"), "{dump}");
+    assert!(dump.contains(r#""sasl.password":"***""#), "{dump}");
+    assert!(dump.contains(r#""sasl.username":"svc""#), "{dump}");
+    assert!(dump.contains("https://ops:***@sqs.example/1/q"), "{dump}");
+    assert!(dump.contains(r#""url":"s3://bucket/prefix""#), "{dump}");
+}

@@ -35,6 +35,10 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) fn execute(args: CheckArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     println!("ok    config  {}", args.config.display());
+    println!(
+        "\nEffective config (secrets masked):\n{}\n",
+        serde_json::to_string_pretty(&config.redacted()).unwrap_or_default()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -171,6 +171,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         topic = %config.kafka.topic,
         group = %config.kafka.group_id,
         storage = %config.storage.url,
+        config = %config.redacted(),
         "sluice running"
     );
     Pipeline::new(

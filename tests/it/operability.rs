@@ -8,6 +8,9 @@ use tokio::net::TcpListener;
 
 use crate::support::{self, Sink, SinkSpec, metric, reference_sample};
 
+/// A Kafka property holding a secret (unused on a plaintext listener).
+const SECRET_PROPERTY: &str = "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n";
+
 /// Forwards connections on `listener` to the broker. librdkafka only
 /// bootstraps through it: the broker advertises its own address.
 fn forward_to_broker(listener: TcpListener) {
@@ -51,12 +54,16 @@ async fn readyz_follows_the_group_and_metrics_add_up() {
     .await;
 
     let storage = format!("s3://{bucket}/raw");
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: Some(&queue),
-        interval: "2s",
-    });
+    // A secret in the config never reaches a log line.
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: Some(&queue),
+            interval: "2s",
+        },
+        SECRET_PROPERTY,
+    );
     // The broker is reached through a port where nothing listens yet: the
     // process is alive but not in its group, so not ready.
     let port = support::free_port();
@@ -95,6 +102,12 @@ async fn readyz_follows_the_group_and_metrics_add_up() {
     });
     let m = sink.metrics();
     assert!(sink.stop().success(), "{}", sink.logs());
+    assert!(
+        sink.logs().contains(r#""sasl.password":"***""#),
+        "{}",
+        sink.logs()
+    );
+    assert!(!sink.logs().contains("hunter2"), "{}", sink.logs());
 
     let read = support::read_back_committed(&storage, Some(&queue));
     let data_files: Vec<&serde_json::Value> = read["files"]
@@ -171,15 +184,20 @@ async fn check_passes_and_names_each_service_that_is_down() {
         .await
         .unwrap();
     let storage = format!("s3://{bucket}/raw");
-    let sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: Some(&queue),
-        interval: "5s",
-    });
+    let sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: Some(&queue),
+            interval: "5s",
+        },
+        SECRET_PROPERTY,
+    );
 
     let (ok, out) = check(&sink.config, &[]);
     assert!(ok, "{out}");
+    assert!(out.contains(r#""sasl.password": "***""#), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
     assert!(
         out.contains(&format!("ok    kafka   topic {topic}: 3 partition(s)")),
         "{out}"
