@@ -1,5 +1,8 @@
-# sluice: build stage compiles the release binary from the repo alone;
-# runtime stage is a slim Debian with the binary and the example schemas.
+# sluice: the build stage compiles the release binary from the repo and the
+# crates Cargo.lock pins (fetched in their own layer, then built with
+# --offline); the runtime stage is slim Debian with the binary, the example
+# schemas and a non-root user. scripts/docker-build-stage runs the build
+# stage's commands without a Docker engine.
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -7,7 +10,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
 COPY examples examples
-RUN cargo build --release --locked --bin sluice
+RUN cargo fetch --locked
+RUN cargo build --release --locked --offline --bin sluice
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
@@ -16,6 +20,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
 COPY schemas /etc/sluice/schemas
 USER 10001
+# Prometheus /metrics, /healthz and /readyz (metrics.listen; bind 0.0.0.0
+# in a container).
 EXPOSE 9464
+ENV SLUICE_METRICS__LISTEN=0.0.0.0:9464
+HEALTHCHECK --interval=15s --timeout=6s --start-period=30s \
+    CMD ["/usr/local/bin/sluice", "health", "--url", "http://127.0.0.1:9464/healthz"]
 ENTRYPOINT ["/usr/local/bin/sluice"]
 CMD ["run", "--config", "/etc/sluice/sink.toml"]

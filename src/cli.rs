@@ -3,6 +3,7 @@
 mod check;
 mod ddl;
 mod gc;
+mod health;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,6 +39,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the SQL that creates the warehouse table and loads the files.
     Ddl(ddl::DdlArgs),
+    /// Ask a running sluice's /healthz or /readyz (exit 0 on 200).
+    Health(health::HealthArgs),
 }
 
 impl Cli {
@@ -47,6 +50,7 @@ impl Cli {
             Command::Gc(args) => gc::execute(args),
             Command::Check(args) => check::execute(args),
             Command::Ddl(args) => ddl::execute(args),
+            Command::Health(args) => health::execute(args),
         }
     }
 }

@@ -564,6 +564,21 @@ impl Config {
         self.schema_source()
             .map_err(|m| bad("schema.registry", m))?;
         self.storage_url().map_err(|m| bad("storage.url", m))?;
+        if let Some(url) = &self.notify.queue_url {
+            let host = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(host, path)| !host.is_empty() && !path.is_empty());
+            if host.is_none() {
+                return Err(bad(
+                    "notify.queue_url",
+                    format!(
+                        "expected a queue URL like `https://sqs.<region>.amazonaws.com/<account>/<queue>`, got {url:?}"
+                    ),
+                ));
+            }
+        }
         if self.storage.upload_concurrency == 0 {
             return Err(bad(
                 "storage.upload_concurrency",

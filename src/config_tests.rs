@@ -120,6 +120,20 @@ fn bad_storage_url_is_rejected() {
 }
 
 #[test]
+fn bad_queue_url_is_rejected() {
+    for url in ["sluice-files", "sqs://q", "https://"] {
+        let e = error(MINIMAL, &[("SLUICE_NOTIFY__QUEUE_URL", url)]);
+        assert!(
+            e.starts_with(
+                "sinks/test.toml: key `notify.queue_url`: expected a queue URL like `https://sqs."
+            ),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
+
+#[test]
 fn unknown_error_policy_lists_the_choices() {
     let e = error(MINIMAL, &[("SLUICE_ERRORS__POLICY", "ignore")]);
     assert!(

@@ -21,6 +21,13 @@ pub enum FailReason {
 }
 
 impl FailReason {
+    pub const ALL: [FailReason; 4] = [
+        FailReason::Envelope,
+        FailReason::Decode,
+        FailReason::IncompatibleSchema,
+        FailReason::TooLarge,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             FailReason::Envelope => "envelope",
@@ -74,6 +81,20 @@ impl Telemetry {
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
             commit_latency: histogram!("sluice_commit_latency_seconds", &label),
+        }
+    }
+
+    /// Creates the series of every failure reason at 0, so rates and
+    /// sums over them exist before the first failure.
+    pub fn register_reasons(&self) {
+        for reason in FailReason::ALL {
+            for name in [
+                "sluice_records_dead_lettered_total",
+                "sluice_records_skipped_total",
+            ] {
+                counter!(name, "event" => self.event.clone(), "reason" => reason.label())
+                    .increment(0);
+            }
         }
     }
 

@@ -87,6 +87,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
 
     let telemetry = Telemetry::new(&config.event.name);
     telemetry.memory_budget(budget);
+    telemetry.register_reasons();
     if let Some(id) = schema_id {
         telemetry.schema_in_use(id, false);
     }

@@ -7,6 +7,7 @@
 
 mod broker;
 mod configs;
+mod deploy;
 mod exactly_once;
 mod files;
 mod mapping;

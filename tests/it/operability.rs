@@ -81,6 +81,11 @@ async fn readyz_follows_the_group_and_metrics_add_up() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["health", "--url", &format!("{base}/readyz")])
+        .output()
+        .unwrap();
+    assert!(!health.status.success(), "not ready yet: {health:?}");
     forward_to_broker(TcpListener::bind(("127.0.0.1", port)).await.unwrap());
     support::wait_until("/readyz to say ready", Duration::from_secs(60), || {
         support::http_get(&format!("{base}/readyz")).0 == 200
@@ -101,6 +106,22 @@ async fn readyz_follows_the_group_and_metrics_add_up() {
             })
     });
     let m = sink.metrics();
+    // The dashboard queries only metrics a running sink serves.
+    let dashboard = crate::deploy::dashboard_metrics();
+    assert!(dashboard.len() >= 12, "{dashboard:?}");
+    for name in &dashboard {
+        assert!(
+            m.keys()
+                .any(|k| k == name || k.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
+    // The image's health check command.
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["health", "--url", &format!("{base}/readyz")])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
     assert!(sink.stop().success(), "{}", sink.logs());
     assert!(
         sink.logs().contains(r#""sasl.password":"***""#),

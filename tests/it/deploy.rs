@@ -1,0 +1,86 @@
+//! The deployment examples in config/ hold together: the Kubernetes
+//! manifests carry a sink config sluice accepts and probe the port it
+//! serves them on. (The dashboard's metrics are checked against a live
+//! scrape in `operability`.)
+
+use serde_json::Value;
+use sluice::config::Config;
+
+use crate::support;
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in the manifests"))
+}
+
+#[test]
+fn kubernetes_manifests_hold_a_valid_sink_and_probe_its_port() {
+    let path = support::repo().join("config/k8s/order_placed.yaml");
+    let docs = support::python_json("yaml_json.py", &[&path]);
+    let docs = docs.as_array().unwrap();
+
+    let toml = kind(docs, "ConfigMap")["data"]["sink.toml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sink.toml");
+    std::fs::write(&file, toml).unwrap();
+    let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let port = config.metrics_listen().unwrap().port();
+
+    let deployment = kind(docs, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], port);
+    assert_eq!(container["ports"][0]["name"], "metrics");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "metrics");
+    let mount = &container["volumeMounts"][0]["mountPath"];
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == mount),
+        "the container runs the mounted config"
+    );
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
+
+    let service = kind(docs, "Service");
+    assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    let monitor = kind(docs, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+}
+
+/// Every metric the dashboard queries, by name.
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(support::repo().join("config/grafana-dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("sluice_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
