@@ -1,10 +1,13 @@
 //! The command line: one file per subcommand.
 
+mod backfill;
 mod check;
 mod ddl;
 mod gc;
 mod health;
 mod run;
+mod status;
+mod time_arg;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -41,6 +44,10 @@ pub enum Command {
     Ddl(ddl::DdlArgs),
     /// Ask a running sluice's /healthz or /readyz (exit 0 on 200).
     Health(health::HealthArgs),
+    /// Announce again the committed files whose event times overlap a window.
+    Backfill(backfill::BackfillArgs),
+    /// Per partition: committed offset, group offset, high watermark, lag.
+    Status(status::StatusArgs),
 }
 
 impl Cli {
@@ -51,6 +58,8 @@ impl Cli {
             Command::Check(args) => check::execute(args),
             Command::Ddl(args) => ddl::execute(args),
             Command::Health(args) => health::execute(args),
+            Command::Backfill(args) => backfill::execute(args),
+            Command::Status(args) => status::execute(args),
         }
     }
 }

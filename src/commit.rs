@@ -256,8 +256,8 @@ impl Committer {
             .flat_map(|m| {
                 m.files
                     .iter()
-                    .filter(|f| f.kind.is_data() && f.tenant.is_none())
-                    .map(|f| self.notification(m, f, published.get(&f.key)))
+                    .filter(|f| is_announced(f))
+                    .map(|f| notification(self.store.bucket(), m, f, published.get(&f.key)))
             })
             .collect();
         let mut backoff = BACKOFF_START;
@@ -295,26 +295,34 @@ impl Committer {
         }
         Ok(())
     }
+}
 
-    /// `live_tag`: the ETag of the file's live copy, when it was staged.
-    fn notification(
-        &self,
-        manifest: &Manifest,
-        file: &ManifestFile,
-        live_tag: Option<&String>,
-    ) -> FileNotification {
-        FileNotification {
-            bucket: self.store.bucket().to_owned(),
-            key: file.key.clone(),
-            size: file.size,
-            e_tag: live_tag.unwrap_or(&file.e_tag).clone(),
-            event_time: manifest.committed_at.clone(),
-            event: self.event.clone(),
-            topic: self.topic.clone(),
-            partition: manifest.partition,
-            first_offset: file.first_offset,
-            last_offset: file.last_offset,
-            rows: file.rows,
-        }
+/// Whether a committed file is announced to loaders: data files of the
+/// sink's own prefix (not dead letters, not routed tenants').
+pub fn is_announced(file: &ManifestFile) -> bool {
+    file.kind.is_data() && file.tenant.is_none()
+}
+
+/// The announcement of a committed file; the same file always gets the
+/// same body. `live_tag`: the ETag of the file's live copy, when it was
+/// staged.
+pub fn notification(
+    bucket: &str,
+    manifest: &Manifest,
+    file: &ManifestFile,
+    live_tag: Option<&String>,
+) -> FileNotification {
+    FileNotification {
+        bucket: bucket.to_owned(),
+        key: file.key.clone(),
+        size: file.size,
+        e_tag: live_tag.unwrap_or(&file.e_tag).clone(),
+        event_time: manifest.committed_at.clone(),
+        event: manifest.event.clone(),
+        topic: manifest.topic.clone(),
+        partition: manifest.partition,
+        first_offset: file.first_offset,
+        last_offset: file.last_offset,
+        rows: file.rows,
     }
 }

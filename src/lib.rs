@@ -7,6 +7,7 @@
 //! → [`commit`] (upload to [`store`], advise Kafka) → [`notify`] (SQS).
 //! [`pipeline`] is the loop that drives them; [`cli`] the commands.
 
+pub mod backfill;
 pub mod buffer;
 pub mod checkpoint;
 pub mod cli;

@@ -17,4 +17,5 @@ mod parquet;
 mod pipeline;
 mod registry;
 mod stores;
+mod subcommands;
 mod support;
