@@ -5,6 +5,7 @@ mod check;
 mod ddl;
 mod gc;
 mod health;
+mod replay;
 mod run;
 mod status;
 mod time_arg;
@@ -48,6 +49,8 @@ pub enum Command {
     Backfill(backfill::BackfillArgs),
     /// Per partition: committed offset, group offset, high watermark, lag.
     Status(status::StatusArgs),
+    /// Re-read a time window from Kafka into another prefix.
+    Replay(replay::ReplayArgs),
 }
 
 impl Cli {
@@ -60,6 +63,7 @@ impl Cli {
             Command::Health(args) => health::execute(args),
             Command::Backfill(args) => backfill::execute(args),
             Command::Status(args) => status::execute(args),
+            Command::Replay(args) => replay::execute(args),
         }
     }
 }

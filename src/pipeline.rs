@@ -99,6 +99,10 @@ struct State {
     /// Records taken since the count was last published: those of owned
     /// partitions past their committed offset, each once.
     consumed: u64,
+    /// A bounded run (replay): per partition, the first offset not to
+    /// read. The loop stops when every partition reached its end, and
+    /// commits nothing to the Kafka group.
+    ends: Option<BTreeMap<i32, i64>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -142,11 +146,20 @@ impl Pipeline {
                 outbox: Vec::new(),
                 advised: BTreeMap::new(),
                 consumed: 0,
+                ends: None,
             },
         }
     }
 
-    /// Runs until `stop` is set, then checkpoints what it holds and returns.
+    /// Reads each partition only up to its end offset (exclusive), then
+    /// checkpoints and returns; commits no offsets to the group.
+    pub fn bounded(mut self, ends: BTreeMap<i32, i64>) -> Pipeline {
+        self.state.ends = Some(ends);
+        self
+    }
+
+    /// Runs until `stop` is set (or a bounded run reached its ends), then
+    /// checkpoints what it holds and returns.
     pub fn run(self, stop: &AtomicBool) -> Result<(), RunError> {
         let Pipeline {
             consumer,
@@ -154,7 +167,7 @@ impl Pipeline {
         } = self;
         let mut next_checkpoint = Instant::now() + state.checkpoint_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !state.reached_ends() {
             let polled = consumer.poll(source::POLL_TIMEOUT);
             state.apply_assignments(&consumer)?;
             match polled {
@@ -324,8 +337,27 @@ impl State {
         Ok(())
     }
 
+    /// Whether a bounded run has read every partition up to its end.
+    fn reached_ends(&self) -> bool {
+        let Some(ends) = &self.ends else {
+            return false;
+        };
+        ends.iter().all(|(partition, &end)| {
+            let read = self.owned.get(partition).and_then(|p| p.last_read);
+            let committed = self.checkpoint.position(*partition);
+            self.owned.contains_key(partition)
+                && read.max(committed).is_some_and(|at| at >= end - 1)
+        })
+    }
+
     fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let (partition, offset) = (message.partition(), message.offset());
+        if let Some(ends) = &self.ends
+            && ends.get(&partition).is_none_or(|&end| offset >= end)
+        {
+            // Past the end of a bounded run.
+            return Ok(());
+        }
         let Some(progress) = self.owned.get_mut(&partition) else {
             // Fetched before a revocation: the new owner reads it again.
             return Ok(());
@@ -600,6 +632,9 @@ impl State {
     /// to the group: for lag dashboards and the first start of a partition
     /// without manifests.
     fn advise_kafka(&mut self, consumer: &KafkaConsumer) {
+        if self.ends.is_some() {
+            return;
+        }
         let next: Vec<(i32, i64)> = self
             .owned
             .keys()

@@ -327,6 +327,28 @@ pub fn connect(
     Ok(consumer)
 }
 
+/// Creates a consumer of the partitions in `starts` (partition → first
+/// offset), outside any group's assignment: each starts after its last
+/// manifest if that is later. Offsets are never committed to the group.
+pub fn assigned(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    kafka_bytes: u64,
+    context: SourceContext,
+    starts: impl Iterator<Item = (i32, i64)>,
+) -> Result<KafkaConsumer, SourceError> {
+    let consumer: KafkaConsumer = client_config(kafka, client_id, kafka_bytes)
+        .create_with_context(context)
+        .map_err(SourceError::Create)?;
+    let mut tpl = TopicPartitionList::new();
+    for (partition, start) in starts {
+        tpl.add_partition_offset(&kafka.topic, partition, Offset::Offset(start))
+            .map_err(SourceError::Create)?;
+    }
+    consumer.context().assign(&consumer, &mut tpl);
+    Ok(consumer)
+}
+
 /// Commits `next` (partition → next offset to read) for `topic`.
 pub fn commit_offsets(
     consumer: &KafkaConsumer,

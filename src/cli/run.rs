@@ -1,5 +1,6 @@
 //! `sluice run --config <file>`: the daemon.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,6 +34,22 @@ pub struct RunArgs {
 
 pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    start(&config, None)
+}
+
+/// A bounded re-read of Kafka into another prefix (`sluice replay`).
+#[derive(Debug, Clone)]
+pub(crate) struct Replay {
+    /// Key prefix in the sink's store the files and manifests go to.
+    pub prefix: String,
+    /// Per partition, the first offset to read and the first not to.
+    pub offsets: BTreeMap<i32, (i64, i64)>,
+}
+
+/// Runs the pipeline: the daemon, or with `replay` a bounded re-read that
+/// stops at its end offsets, commits nothing to the group, announces
+/// nothing and serves no metrics.
+pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,16 +59,26 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let handle = runtime.handle().clone();
 
     let listen = config.metrics_listen().map_err(anyhow::Error::msg)?;
-    let metrics = health::install_recorder().map_err(anyhow::Error::msg)?;
+    let metrics = match replay {
+        None => Some(health::install_recorder().map_err(anyhow::Error::msg)?),
+        Some(_) => None,
+    };
 
-    let (descriptor, schema_id, framing) = schema(&config)?;
+    let (descriptor, schema_id, framing) = schema(config)?;
     let plan = Arc::new(MessagePlan::new(
         &descriptor,
         config.schema.recursion_depth,
     )?);
 
-    let (store, prefix) = runtime.block_on(store::from_config(&config))?;
-    let notifier = runtime.block_on(notify::from_config(config.notify.queue_url.as_deref()));
+    let (store, live_prefix) = runtime.block_on(store::from_config(config))?;
+    let prefix = replay
+        .as_ref()
+        .map_or(live_prefix.clone(), |r| r.prefix.clone());
+    let queue_url = match replay {
+        None => config.notify.queue_url.as_deref(),
+        Some(_) => None,
+    };
+    let notifier = runtime.block_on(notify::from_config(queue_url));
     let manifests = Manifests::new(
         store.clone(),
         &prefix,
@@ -62,9 +89,11 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         store.clone(),
         layout::manifests_root(&prefix, &config.event.name, &config.kafka.topic),
     );
-    runtime
-        .block_on(health::serve(listen, metrics, health.clone()))
-        .map_err(anyhow::Error::msg)?;
+    if let Some(metrics) = metrics {
+        runtime
+            .block_on(health::serve(listen, metrics, health.clone()))
+            .map_err(anyhow::Error::msg)?;
+    }
     let context = SourceContext::new(
         &config.kafka.topic,
         manifests.clone(),
@@ -78,12 +107,14 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
     let kafka_bytes = budget / 8;
     let files_bytes = usize::try_from(budget - budget / 4).unwrap_or(usize::MAX);
     let streaming = Streaming::within(files_bytes);
-    let consumer = source::connect(
-        &config.kafka,
-        &format!("sluice-{}", config.event.name),
-        kafka_bytes,
-        context,
-    )?;
+    let client_id = format!("sluice-{}", config.event.name);
+    let consumer = match &replay {
+        None => source::connect(&config.kafka, &client_id, kafka_bytes, context)?,
+        Some(replay) => {
+            let starts = replay.offsets.iter().map(|(&p, &(start, _))| (p, start));
+            source::assigned(&config.kafka, &client_id, kafka_bytes, context, starts)?
+        }
+    };
 
     let telemetry = Telemetry::new(&config.event.name);
     telemetry.memory_budget(budget);
@@ -140,7 +171,10 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let staging = config.staging_prefix(&prefix);
+    let staging = match replay {
+        None => config.staging_prefix(&prefix),
+        Some(_) => None,
+    };
     let writer_id = commit::writer_id();
     let streams = Streams::new(
         store.clone(),
@@ -175,7 +209,7 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         config = %config.redacted(),
         "sluice running"
     );
-    Pipeline::new(
+    let pipeline = Pipeline::new(
         consumer,
         framing,
         buffers,
@@ -186,8 +220,19 @@ pub(crate) fn execute(args: RunArgs) -> anyhow::Result<()> {
         telemetry,
         config.checkpoint.interval,
         files_bytes,
-    )
-    .run(&stop)?;
+    );
+    match replay {
+        None => pipeline.run(&stop)?,
+        Some(replay) => pipeline
+            .bounded(
+                replay
+                    .offsets
+                    .iter()
+                    .map(|(&p, &(_, end))| (p, end))
+                    .collect(),
+            )
+            .run(&stop)?,
+    }
     info!("stopped cleanly");
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())

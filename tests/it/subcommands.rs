@@ -177,3 +177,83 @@ async fn backfill_reannounces_the_window_and_status_agrees() {
     assert!(stdout.contains("orphans: 1 file(s), 1 bytes"), "{stdout}");
     assert!(stdout.contains("committed (S3)"), "{stdout}");
 }
+
+/// Replay re-reads one time window of Kafka into another prefix: the rows
+/// there are exactly the window's records, once, even when run twice; the
+/// live prefix is refused and stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_writes_exactly_the_window_into_another_prefix() {
+    const PARTITIONS: i32 = 2;
+    let topic = support::unique("replay");
+    let bucket = support::unique("sluice-replay");
+    support::create_bucket(&bucket).await;
+    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let brokers = support::brokers();
+    // Three batches a second apart; the window is the middle one's.
+    sample::produce(&brokers, &topic, PARTITIONS, &sample, 0..400)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let from = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let window = sample::produce(&brokers, &topic, PARTITIONS, &sample, 400..1000)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let to = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sample::produce(&brokers, &topic, PARTITIONS, &sample, 1000..1300)
+        .await
+        .unwrap();
+
+    let storage = format!("s3://{bucket}/raw");
+    let sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "2s",
+    });
+    let (from, to) = (from.to_rfc3339(), to.to_rfc3339());
+    let replay = |prefix: &str| {
+        sluice(
+            &["replay", "--from", &from, "--to", &to, "--prefix", prefix],
+            &sink.config,
+        )
+    };
+    for run in 1..=2 {
+        let (ok, stdout, stderr) = replay("replays/window");
+        assert!(ok, "run {run}: {stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "replay into replays/window: {} rows",
+                window.len()
+            )),
+            "run {run}: {stdout}"
+        );
+        let read = support::read_back_committed(&format!("s3://{bucket}/replays/window"), None);
+        let counts = support::check_rows(&read, &window, &sample);
+        assert_eq!(counts.len(), window.len(), "only the window's records");
+        assert!(counts.values().all(|&c| c == 1), "run {run}: each once");
+        assert!(read["orphans"].as_array().unwrap().is_empty());
+    }
+
+    for live in ["raw", "raw/order_placed/again", "raw/_sluice/x"] {
+        let (ok, _, stderr) = replay(live);
+        assert!(!ok, "{live} must be refused");
+        assert!(stderr.contains("refusing to replay"), "{stderr}");
+    }
+    let live = support::read_back(&storage, None);
+    assert!(
+        live["files"].as_array().unwrap().is_empty(),
+        "the live prefix is untouched"
+    );
+    assert!(
+        support::committed(&sink.group, &topic, PARTITIONS)
+            .iter()
+            .all(|&o| o < 0),
+        "the sink's group has no offsets"
+    );
+}
