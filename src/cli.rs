@@ -10,7 +10,30 @@ mod run;
 mod status;
 mod time_arg;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::manifest::Manifests;
+use crate::store::{self, ObjectStore};
+
+/// The sink's store, its key prefix (or `prefix` instead) and the
+/// manifests under that prefix.
+async fn open_manifests(
+    config: &Config,
+    prefix: Option<&str>,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, String, Manifests)> {
+    let (store, live) = store::from_config(config).await?;
+    let prefix = prefix.map_or(live, str::to_owned);
+    let manifests = Manifests::new(
+        store.clone(),
+        &prefix,
+        &config.event.name,
+        &config.kafka.topic,
+    );
+    Ok((store, prefix, manifests))
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -347,6 +348,53 @@ pub fn assigned(
     }
     consumer.context().assign(&consumer, &mut tpl);
     Ok(consumer)
+}
+
+/// A client context that logs nothing: for one-shot commands that report
+/// a failure once, not per connection attempt.
+#[derive(Debug)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+/// A consumer for metadata and offset lookups (no subscription, no logs).
+pub fn lookup_client(
+    kafka: &KafkaConfig,
+    client_id: &str,
+) -> Result<BaseConsumer<Quiet>, SourceError> {
+    client_config(kafka, client_id, 1 << 20)
+        .set("statistics.interval.ms", "0")
+        .create_with_context(Quiet)
+        .map_err(SourceError::Create)
+}
+
+/// The partitions of the sink's topic, from the brokers' metadata.
+pub fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    kafka: &KafkaConfig,
+    timeout: Duration,
+) -> Result<Vec<i32>, String> {
+    let metadata = consumer
+        .fetch_metadata(Some(&kafka.topic), timeout)
+        .map_err(|e| format!("brokers {}: {e}", kafka.brokers))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == kafka.topic)
+        .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
+    if let Some(error) = topic.error() {
+        return Err(format!(
+            "topic {}: {}",
+            kafka.topic,
+            rdkafka::error::RDKafkaErrorCode::from(error)
+        ));
+    }
+    Ok(topic.partitions().iter().map(|p| p.id()).collect())
 }
 
 /// Commits `next` (partition → next offset to read) for `topic`.

@@ -13,9 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::time_arg;
 use crate::backfill;
 use crate::config::Config;
-use crate::manifest::Manifests;
 use crate::notify::{self, FileNotification};
-use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct BackfillArgs {
@@ -55,13 +53,7 @@ pub(crate) fn execute(args: BackfillArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (store, prefix) = store::from_config(&config).await?;
-        let manifests = Manifests::new(
-            store.clone(),
-            &prefix,
-            &config.event.name,
-            &config.kafka.topic,
-        );
+        let (store, _, manifests) = super::open_manifests(&config, None).await?;
         let files = backfill::announcements(&*store, &manifests, from, to).await?;
         if args.dry_run {
             for file in &files {

@@ -10,16 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
 use tokio::runtime::Runtime;
 
 use crate::buffer;
 use crate::config::Config;
 use crate::schema::MessagePlan;
-use crate::store::{self, PutMode};
+use crate::store::PutMode;
 use crate::{layout, notify, source};
 
 #[derive(Debug, clap::Args)]
@@ -93,47 +89,19 @@ fn within(
 /// The topic's partitions, from the brokers' metadata.
 fn kafka(config: &Config) -> Result<String, String> {
     let kafka = &config.kafka;
-    let consumer: BaseConsumer<Quiet> = source::client_config(kafka, "sluice-check", 1 << 20)
-        .set("statistics.interval.ms", "0")
-        .create_with_context(Quiet)
-        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(&kafka.topic), TIMEOUT)
-        .map_err(|e| format!("brokers {}: {e}", kafka.brokers))?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic)
-        .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
-    if let Some(error) = topic.error() {
-        return Err(format!(
-            "topic {}: {}",
-            kafka.topic,
-            rdkafka::error::RDKafkaErrorCode::from(error)
-        ));
-    }
+    let consumer = source::lookup_client(kafka, "sluice-check").map_err(|e| e.to_string())?;
+    let partitions = source::topic_partitions(&consumer, kafka, TIMEOUT)?;
     Ok(format!(
         "topic {}: {} partition(s) on {}",
         kafka.topic,
-        topic.partitions().len(),
+        partitions.len(),
         kafka.brokers
     ))
 }
 
-/// A client context that logs nothing: the outcome is reported once, not
-/// per connection attempt.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
-    fn error(&self, _: KafkaError, _: &str) {}
-}
-
-impl ConsumerContext for Quiet {}
-
 /// Writes a probe object under the sink's prefix and deletes it.
 async fn probe_store(config: &Config) -> Result<String, String> {
-    let (store, prefix) = store::from_config(config)
+    let (store, prefix, _) = super::open_manifests(config, None)
         .await
         .map_err(|e| e.to_string())?;
     let key = layout::under(

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::gc;
-use crate::manifest::Manifests;
-use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct GcArgs {
@@ -31,13 +29,7 @@ pub(crate) fn execute(args: GcArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (store, prefix) = store::from_config(&config).await?;
-        let manifests = Manifests::new(
-            store.clone(),
-            &prefix,
-            &config.event.name,
-            &config.kafka.topic,
-        );
+        let (store, prefix, manifests) = super::open_manifests(&config, None).await?;
         let staging = config.staging_prefix(&prefix);
         let orphans = gc::find_orphans(
             &*store,

@@ -11,14 +11,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::run::{self, Replay};
 use super::time_arg;
 use crate::config::{Config, StorageUrl};
-use crate::manifest::Manifests;
-use crate::{layout, source, store};
+use crate::layout;
+use crate::manifest::Manifest;
+use crate::source;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -55,7 +56,7 @@ pub(crate) fn execute(args: ReplayArgs) -> anyhow::Result<()> {
         println!("replay: no records between {} and {}", args.from, args.to);
         return Ok(());
     }
-    check_prefix_history(&config, &prefix, &offsets)?;
+    check_prefix_history(&replayed(&config, &prefix)?, &prefix, &offsets)?;
     run::start(
         &config,
         Some(Replay {
@@ -95,18 +96,9 @@ fn window_offsets(
     to: DateTime<Utc>,
 ) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let kafka = &config.kafka;
-    let consumer: BaseConsumer = source::client_config(kafka, "sluice-replay", 1 << 20)
-        .set("statistics.interval.ms", "0")
-        .create()?;
-    let metadata = consumer
-        .fetch_metadata(Some(&kafka.topic), TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("brokers {}: {e}", kafka.brokers))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .ok_or_else(|| anyhow::anyhow!("topic {} not found on {}", kafka.topic, kafka.brokers))?;
+    let consumer = source::lookup_client(kafka, "sluice-replay")?;
+    let partitions =
+        source::topic_partitions(&consumer, kafka, TIMEOUT).map_err(anyhow::Error::msg)?;
     let at = |time: DateTime<Utc>| -> anyhow::Result<BTreeMap<i32, i64>> {
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
@@ -140,28 +132,39 @@ fn window_offsets(
 /// A prefix holding an earlier replay that ends before this window would
 /// resume from there and take records before `--from`: refused.
 fn check_prefix_history(
-    config: &Config,
+    manifests: &[Manifest],
     prefix: &str,
     offsets: &BTreeMap<i32, (i64, i64)>,
 ) -> anyhow::Result<()> {
+    for (&partition, &(start, _)) in offsets {
+        if let Some(last) = last_committed(manifests, partition)
+            && last + 1 < start
+        {
+            anyhow::bail!(
+                "{prefix:?} holds a replay of partition {partition} up to offset {last}, before this window (from offset {start}); pick another prefix"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The manifests already under the replay prefix.
+fn replayed(config: &Config, prefix: &str) -> anyhow::Result<Vec<Manifest>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (store, _) = store::from_config(config).await?;
-        let manifests = Manifests::new(store, prefix, &config.event.name, &config.kafka.topic);
-        for (&partition, &(start, _)) in offsets {
-            if let Some(latest) = manifests.latest(partition).await?
-                && latest.manifest.range.to + 1 < start
-            {
-                anyhow::bail!(
-                    "{prefix:?} holds a replay of partition {partition} up to offset {}, before this window (from offset {start}); pick another prefix",
-                    latest.manifest.range.to
-                );
-            }
-        }
-        Ok(())
+        let (_, _, manifests) = super::open_manifests(config, Some(prefix)).await?;
+        Ok(manifests.all().await?)
     })
+}
+
+fn last_committed(manifests: &[Manifest], partition: i32) -> Option<i64> {
+    manifests
+        .iter()
+        .filter(|m| m.partition == partition)
+        .map(|m| m.range.to)
+        .max()
 }
 
 /// What the prefix now holds for the window.
@@ -170,16 +173,7 @@ fn report(
     prefix: &str,
     offsets: &BTreeMap<i32, (i64, i64)>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let manifests = runtime.block_on(async {
-        let (store, _) = store::from_config(config).await?;
-        Manifests::new(store, prefix, &config.event.name, &config.kafka.topic)
-            .all()
-            .await
-            .map_err(anyhow::Error::from)
-    })?;
+    let manifests = replayed(config, prefix)?;
     let mut total = 0;
     for (&partition, &(start, end)) in offsets {
         let rows: u64 = manifests
@@ -189,11 +183,7 @@ fn report(
             .filter(|f| f.kind.is_data())
             .map(|f| f.rows)
             .sum();
-        let last = manifests
-            .iter()
-            .filter(|m| m.partition == partition)
-            .map(|m| m.range.to)
-            .max();
+        let last = last_committed(&manifests, partition);
         total += rows;
         println!(
             "partition {partition}: offsets {start}..{end}, committed up to {}, {rows} rows",

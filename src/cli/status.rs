@@ -6,17 +6,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::gc;
-use crate::manifest::Manifests;
-use crate::{source, store};
+use crate::source;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -60,31 +56,12 @@ struct Status {
     orphan_bytes: u64,
 }
 
-/// A client context that logs nothing; failures are reported once.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
-    fn error(&self, _: KafkaError, _: &str) {}
-}
-
-impl ConsumerContext for Quiet {}
-
 pub(crate) fn execute(args: StatusArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let kafka = &config.kafka;
-    let consumer: BaseConsumer<Quiet> = source::client_config(kafka, "sluice-status", 1 << 20)
-        .set("statistics.interval.ms", "0")
-        .create_with_context(Quiet)?;
-    let metadata = consumer
-        .fetch_metadata(Some(&kafka.topic), TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("brokers {}: {e}", kafka.brokers))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .ok_or_else(|| anyhow::anyhow!("topic {} not found on {}", kafka.topic, kafka.brokers))?;
+    let consumer = source::lookup_client(kafka, "sluice-status")?;
+    let partitions =
+        source::topic_partitions(&consumer, kafka, TIMEOUT).map_err(anyhow::Error::msg)?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition(&kafka.topic, p);
@@ -97,8 +74,7 @@ pub(crate) fn execute(args: StatusArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let status = runtime.block_on(async {
-        let (store, prefix) = store::from_config(&config).await?;
-        let manifests = Manifests::new(store.clone(), &prefix, &config.event.name, &kafka.topic);
+        let (store, prefix, manifests) = super::open_manifests(&config, None).await?;
         let mut rows = Vec::new();
         for &partition in &partitions {
             let (_, high) = consumer
