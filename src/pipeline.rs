@@ -103,6 +103,9 @@ struct State {
     /// read. The loop stops when every partition reached its end, and
     /// commits nothing to the Kafka group.
     ends: Option<BTreeMap<i32, i64>>,
+    /// Partitions of a bounded run whose fetch position passed their end
+    /// without a record at `end - 1` (a transaction marker sits there).
+    passed_end: BTreeSet<i32>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -147,6 +150,7 @@ impl Pipeline {
                 advised: BTreeMap::new(),
                 consumed: 0,
                 ends: None,
+                passed_end: BTreeSet::new(),
             },
         }
     }
@@ -181,6 +185,7 @@ impl Pipeline {
             let now = Instant::now();
             if now >= next_publish {
                 state.publish(&consumer);
+                state.note_positions(&consumer);
                 next_publish = now + PUBLISH_EVERY;
             }
             if now >= next_checkpoint {
@@ -346,8 +351,29 @@ impl State {
             let read = self.owned.get(partition).and_then(|p| p.last_read);
             let committed = self.checkpoint.position(*partition);
             self.owned.contains_key(partition)
-                && read.max(committed).is_some_and(|at| at >= end - 1)
+                && (self.passed_end.contains(partition)
+                    || read.max(committed).is_some_and(|at| at >= end - 1))
         })
+    }
+
+    /// Bounded runs: notes the partitions the consumer fetched past their
+    /// end. Offsets of transaction markers are never delivered, so the
+    /// record at `end - 1` may not exist.
+    fn note_positions(&mut self, consumer: &KafkaConsumer) {
+        let Some(ends) = &self.ends else {
+            return;
+        };
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for element in positions.elements() {
+            if let (Offset::Offset(next), Some(&end)) =
+                (element.offset(), ends.get(&element.partition()))
+                && next >= end
+            {
+                self.passed_end.insert(element.partition());
+            }
+        }
     }
 
     fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RunError> {

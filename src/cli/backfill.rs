@@ -21,10 +21,10 @@ pub struct BackfillArgs {
     #[arg(long, short, env = "SLUICE_CONFIG")]
     pub config: PathBuf,
     /// Start of the event-time window (RFC 3339, or relative: -2h).
-    #[arg(long, value_parser = time_arg::parse)]
+    #[arg(long, value_parser = time_arg::parse, allow_hyphen_values = true)]
     pub from: DateTime<Utc>,
     /// End of the window, exclusive.
-    #[arg(long, value_parser = time_arg::parse, default_value = "now")]
+    #[arg(long, value_parser = time_arg::parse, default_value = "now", allow_hyphen_values = true)]
     pub to: DateTime<Utc>,
     /// Send to this queue instead of `notify.queue_url`.
     #[arg(long)]

@@ -27,10 +27,10 @@ pub struct ReplayArgs {
     #[arg(long, short, env = "SLUICE_CONFIG")]
     pub config: PathBuf,
     /// Start of the window, by Kafka record time (RFC 3339, or -2h).
-    #[arg(long, value_parser = time_arg::parse)]
+    #[arg(long, value_parser = time_arg::parse, allow_hyphen_values = true)]
     pub from: DateTime<Utc>,
     /// End of the window, exclusive.
-    #[arg(long, value_parser = time_arg::parse, default_value = "now")]
+    #[arg(long, value_parser = time_arg::parse, default_value = "now", allow_hyphen_values = true)]
     pub to: DateTime<Utc>,
     /// Key prefix (in the sink's bucket or directory) to write under.
     #[arg(long)]

@@ -257,3 +257,96 @@ async fn replay_writes_exactly_the_window_into_another_prefix() {
         "the sink's group has no offsets"
     );
 }
+
+/// A window written by a transactional producer ends on a commit marker,
+/// an offset no consumer is given: the replay still ends, with every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_a_transactional_window_ends_at_its_commit_marker() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    const RECORDS: u64 = 200;
+    let topic = support::unique("replay-tx");
+    let bucket = support::unique("sluice-replay-tx");
+    support::create_bucket(&bucket).await;
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .set("transactional.id", support::unique("tx"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    let mut window = Vec::new();
+    for seq in 0..RECORDS {
+        let payload = sample.encode(seq);
+        let headers_owned = sample.headers(seq);
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (key, value) in &headers_owned {
+            headers = headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
+            .partition(0)
+            .payload(payload.as_slice())
+            .headers(headers);
+        let delivered = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+        window.push(sample::Produced {
+            seq,
+            partition: delivered.partition,
+            offset: delivered.offset,
+        });
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+
+    let sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &format!("s3://{bucket}/raw"),
+        queue_url: None,
+        interval: "2s",
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "replay",
+            "--from",
+            "-1h",
+            "--prefix",
+            "replays/tx",
+            "--config",
+        ])
+        .arg(&sink.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("replay did not end at the commit marker");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("{RECORDS} rows")), "{stdout}");
+    let read = support::read_back_committed(&format!("s3://{bucket}/replays/tx"), None);
+    let counts = support::check_rows(&read, &window, &sample);
+    assert_eq!(counts.len(), RECORDS as usize);
+    assert!(counts.values().all(|&c| c == 1));
+}
