@@ -511,6 +511,9 @@ impl Config {
                 };
                 message = "required key is missing".into();
             }
+            if message.ends_with("expected a duration") {
+                message.push_str(" like `60s`, `5m` or `1h 30m`");
+            }
             ConfigError::Invalid {
                 file: path.to_owned(),
                 key,

@@ -109,6 +109,10 @@ fn bad_duration_says_what_was_expected() {
         e.starts_with("sinks/test.toml: key `checkpoint.interval`"),
         "{e}"
     );
+    assert!(
+        e.ends_with("expected a duration like `60s`, `5m` or `1h 30m`"),
+        "{e}"
+    );
 }
 
 #[test]
