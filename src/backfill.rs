@@ -6,7 +6,7 @@
 use crate::commit;
 use crate::manifest::{ManifestError, Manifests};
 use crate::notify::FileNotification;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, e_tag_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -37,12 +37,8 @@ pub async fn announcements(
             let live_tag = match &file.staged_key {
                 None => None,
                 Some(_) => Some(
-                    store
-                        .list(&file.key)
+                    e_tag_of(store, &file.key)
                         .await?
-                        .into_iter()
-                        .find(|o| o.key == file.key)
-                        .map(|o| o.e_tag)
                         .ok_or_else(|| BackfillError::Missing(file.key.clone()))?,
                 ),
             };

@@ -46,7 +46,7 @@ use crate::buffer::{Body, FileKind, FinishedFile};
 use crate::layout;
 use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Manifests};
 use crate::notify::{FileNotification, Notifier};
-use crate::store::{ObjectStore, PutMode, StoreError, retry};
+use crate::store::{ObjectStore, PutMode, StoreError, e_tag_of, retry};
 use crate::telemetry::Telemetry;
 use crate::tenancy::Tenancy;
 use crate::upload::Streams;
@@ -221,7 +221,7 @@ impl Committer {
             let e_tag = match copied {
                 Ok(e_tag) => e_tag,
                 // Published by an earlier attempt that then crashed.
-                Err(StoreError::NotFound(_)) => match self.live_tag(&file.key).await? {
+                Err(StoreError::NotFound(_)) => match e_tag_of(&*self.store, &file.key).await? {
                     Some(e_tag) => e_tag,
                     None => return Err(StoreError::NotFound(staged.clone()).into()),
                 },
@@ -234,16 +234,6 @@ impl Committer {
             published.insert(file.key.clone(), e_tag);
         }
         Ok(published)
-    }
-
-    async fn live_tag(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .store
-            .list(key)
-            .await?
-            .into_iter()
-            .find(|o| o.key == key)
-            .map(|o| o.e_tag))
     }
 
     /// Steps 3 and 4: (publish,) one notification per file, then the

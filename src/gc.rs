@@ -19,6 +19,18 @@ pub enum GcError {
     Store(#[from] StoreError),
 }
 
+/// Every prefix where the sink writes files: data, dead letters, streamed
+/// files and (bucket-notifications mode) staging.
+fn roots(prefix: &str, event: &str, staging: Option<&str>) -> Vec<String> {
+    let mut roots = vec![
+        layout::data_root(prefix, event),
+        layout::dead_letters_root(prefix, event),
+        layout::streams_root(prefix, event),
+    ];
+    roots.extend(staging.map(|s| format!("{s}/")));
+    roots
+}
+
 /// Data files under `<prefix>/<event>/`, streamed files under
 /// [`layout::streams_root`] (and the staging prefix, if any) that no
 /// manifest lists and that are older than `older_than`.
@@ -32,15 +44,9 @@ pub async fn find_orphans(
 ) -> Result<Vec<ObjectMeta>, GcError> {
     // Listing data before manifests: a file committed in between is then
     // seen in a manifest, never mistaken for an orphan.
-    let mut data = store.list(&layout::data_root(prefix, event)).await?;
-    for root in [
-        layout::dead_letters_root(prefix, event),
-        layout::streams_root(prefix, event),
-    ] {
+    let mut data = Vec::new();
+    for root in roots(prefix, event, staging) {
         data.extend(store.list(&root).await?);
-    }
-    if let Some(staging) = staging {
-        data.extend(store.list(&format!("{staging}/")).await?);
     }
     let listed: HashSet<String> = manifests
         .all()
@@ -68,15 +74,9 @@ pub async fn find_abandoned_uploads(
     staging: Option<&str>,
     older_than: Duration,
 ) -> Result<Vec<Upload>, GcError> {
-    let mut uploads = store.uploads(&layout::data_root(prefix, event)).await?;
-    for root in [
-        layout::dead_letters_root(prefix, event),
-        layout::streams_root(prefix, event),
-    ] {
+    let mut uploads = Vec::new();
+    for root in roots(prefix, event, staging) {
         uploads.extend(store.uploads(&root).await?);
-    }
-    if let Some(staging) = staging {
-        uploads.extend(store.uploads(&format!("{staging}/")).await?);
     }
     let cutoff = now_secs() - older_than.as_secs() as i64;
     Ok(uploads

@@ -203,6 +203,16 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
     })
 }
 
+/// The ETag of the object at exactly `key`, if there is one.
+pub async fn e_tag_of(store: &dyn ObjectStore, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .list(key)
+        .await?
+        .into_iter()
+        .find(|o| o.key == key)
+        .map(|o| o.e_tag))
+}
+
 /// Seconds since the Unix epoch, the unit of [`ObjectMeta::last_modified`].
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()

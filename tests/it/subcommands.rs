@@ -283,14 +283,7 @@ async fn replay_of_a_transactional_window_ends_at_its_commit_marker() {
     let mut window = Vec::new();
     for seq in 0..RECORDS {
         let payload = sample.encode(seq);
-        let headers_owned = sample.headers(seq);
-        let mut headers = rdkafka::message::OwnedHeaders::new();
-        for (key, value) in &headers_owned {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
+        let headers = support::owned_headers(&sample, seq);
         let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic)
             .partition(0)
             .payload(payload.as_slice())

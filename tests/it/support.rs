@@ -638,13 +638,7 @@ pub async fn produce_padded(
         let mut pending = Vec::new();
         for &seq in chunk {
             let value = padded_event(sample, seq, size);
-            let mut headers = OwnedHeaders::new();
-            for (key, value) in sample.headers(seq) {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
+            let headers = owned_headers(sample, seq);
             let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
                 .partition(0)
                 .payload(value.as_slice())
@@ -694,4 +688,16 @@ pub fn metric(metrics: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f6
         })
         .map(|(_, v)| *v)
         .sum()
+}
+
+/// The CloudEvents headers of the reference event `seq`, as Kafka headers.
+pub fn owned_headers(sample: &OrderSample, seq: u64) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in sample.headers(seq) {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
 }
