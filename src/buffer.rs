@@ -12,8 +12,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::file::properties::WriterProperties;
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::MessageDescriptor;
 
 use crate::envelope::{Encoding, Envelope};
 use crate::layout;
@@ -403,7 +402,11 @@ impl Buffers {
         let payload = match record.envelope.encoding {
             Encoding::Protobuf => record.payload,
             Encoding::Json => {
-                json_to_protobuf(&self.descriptor, record.payload, &mut self.json_scratch)?;
+                crate::schema::json_to_protobuf(
+                    &self.descriptor,
+                    record.payload,
+                    &mut self.json_scratch,
+                )?;
                 &self.json_scratch
             }
         };
@@ -573,23 +576,6 @@ impl Buffers {
         }
         Ok(closed)
     }
-}
-
-/// The canonical Protobuf JSON mapping, validated against the schema
-/// (unknown fields are errors), re-encoded as Protobuf into `out`.
-fn json_to_protobuf(
-    descriptor: &MessageDescriptor,
-    json: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), DecodeError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let message = DynamicMessage::deserialize(descriptor.clone(), &mut deserializer)
-        .and_then(|m| deserializer.end().map(|()| m))
-        .map_err(|e| DecodeError::Json(e.to_string()))?;
-    out.clear();
-    message
-        .encode(out)
-        .map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 impl OpenFile {

@@ -1,7 +1,20 @@
 //! The commit protocol: how a checkpoint's rows become committed, exactly
-//! once, and announced.
+//! once, published and announced.
+//!
+//! **The invariant this module keeps above all:** a partition's manifest
+//! N+1 is never created while manifest N lacks its `.notified` marker.
+//! Manifest N's files are published (copied to their live keys) and
+//! announced, and its marker written, first — in normal running and after
+//! recovery alike ([`Committer::checkpoint`] empties the [`Outbox`] before
+//! it commits anything). So at any moment at most the last manifest of a
+//! partition lacks its marker, and a successor that finishes it loses
+//! nothing. Recovery does not rely on that alone: on assignment every
+//! unmarked manifest of the partition is found, not only the last
+//! ([`crate::manifest::Manifests::recover`]), and finished in order.
 //!
 //! Order of a checkpoint, per partition:
+//! 0. finish the outbox: manifests committed earlier (by this process, or
+//!    found unmarked on assignment) whose marker is missing;
 //! 1. upload the data files (keys hold topic, partition, first and last
 //!    offset, so a retry overwrites only its own attempt); large files
 //!    were streamed to a key of their own while written
@@ -12,23 +25,25 @@
 //!    from its staged key to its live key; then send one notification per
 //!    file of the manifest;
 //! 4. write the manifest's `.notified` marker;
-//! 5. commit `to + 1` to Kafka — advice for lag dashboards, never read back
-//!    while a manifest exists.
+//! 5. (the run loop) commit `to + 1` to Kafka — advice for lag dashboards,
+//!    never read back while a manifest exists.
 //!
-//! Invariants:
+//! Other invariants:
 //! - A record is committed iff a manifest's range holds it; ranges of a
 //!   partition chain without gaps or overlaps ([`crate::checkpoint`]), because
 //!   each starts where the one before ended and two manifests cannot share a
 //!   start key.
 //! - A file is visible to loaders only through a manifest: it is announced
-//!   after its manifest exists, never before. Files uploaded by an attempt
-//!   whose manifest was never written are orphans that no one announces.
+//!   (and, when staged or streamed, copied to its live key) after its
+//!   manifest exists, never before. Files uploaded by an attempt whose
+//!   manifest was never written are orphans that no one announces.
 //! - A writer that loses the race for a start key (a zombie after a
 //!   rebalance, or a successor that was slower) is told so
-//!   ([`CommitOutcome::Fenced`]); it drops that partition's work and resumes
-//!   after the winner's range.
-//! - A manifest without a `.notified` marker is announced again when its
-//!   partition is next assigned: loaders may see a file twice (the key is in
+//!   ([`PartitionOutcome::Fenced`]); it drops that partition's work and
+//!   resumes after the winner's range.
+//! - Publishing and announcing are idempotent: a manifest finished twice
+//!   (a crash between its notifications and its marker) is announced twice
+//!   with the same bodies — loaders may see a file twice (the key is in
 //!   every message to dedupe on), never a file that is not committed.
 //!
 //! DESIGN.md lists what a crash between each step leaves behind.
@@ -40,11 +55,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::buffer::{Body, FileKind, FinishedFile};
+use crate::checkpoint::Range;
+use crate::failpoint;
 use crate::layout;
-use crate::manifest::{CommitOutcome, Manifest, ManifestError, ManifestFile, Manifests};
+use crate::manifest::{
+    CommitOutcome, FORMAT_VERSION, Manifest, ManifestError, ManifestFile, Manifests,
+};
 use crate::notify::{FileNotification, Notifier};
 use crate::store::{ObjectStore, PutMode, StoreError, e_tag_of, retry};
 use crate::telemetry::Telemetry;
@@ -62,9 +81,12 @@ pub enum CommitError {
     #[error("manifest: {0}")]
     Manifest(#[from] ManifestError),
     #[error(
-        "stopping before {0} notification(s) were accepted (they are re-sent on the next start): {1}"
+        "stopping before {pending} notification(s) were accepted (they are re-sent on the next start): {source}"
     )]
-    NotifyAbandoned(usize, String),
+    NotifyAbandoned {
+        pending: usize,
+        source: crate::notify::NotifyError,
+    },
 }
 
 /// Uploads, commits and announces the files of checkpoints.
@@ -102,9 +124,159 @@ pub fn writer_id() -> String {
     )
 }
 
+/// What a checkpoint seals for one partition: the offsets it read since
+/// its last commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    pub partition: i32,
+    pub range: Range,
+    /// Records of the range that became neither a row nor a dead letter.
+    pub skipped: u64,
+}
+
+/// What became of one partition's part of a checkpoint. Losing the race
+/// and losing the partition are normal outcomes, not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionOutcome {
+    /// The manifest is written, and by the time the checkpoint returns its
+    /// files are published and announced.
+    Committed(Manifest),
+    /// Another writer already committed a manifest starting at this range:
+    /// resume after `other_to`.
+    Fenced { other_writer: String, other_to: i64 },
+    /// The partition was revoked while the checkpoint ran: nothing is
+    /// committed for it, the new owner reads the range again, and what was
+    /// uploaded for it stays an orphan.
+    Revoked,
+}
+
+/// Committed manifests whose files are not yet published, announced and
+/// marked — per partition, oldest first. A partition with a manifest here
+/// gets no newer manifest until this one is finished.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pending: BTreeMap<i32, Vec<Manifest>>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, manifest: Manifest) {
+        let queue = self.pending.entry(manifest.partition).or_default();
+        debug_assert!(
+            queue
+                .last()
+                .is_none_or(|m| m.range.to <= manifest.range.from),
+            "outbox of partition {} out of order",
+            manifest.partition
+        );
+        queue.push(manifest);
+    }
+
+    /// Whether `partition` has a committed manifest not yet finished.
+    pub fn holds(&self, partition: i32) -> bool {
+        self.pending.contains_key(&partition)
+    }
+
+    /// Drops a revoked partition's manifests: its next owner finds them
+    /// unmarked and finishes them.
+    pub fn forget(&mut self, partition: i32) {
+        self.pending.remove(&partition);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Manifests waiting, all partitions.
+    pub fn len(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
+    /// Every manifest, partition by partition, each partition's oldest first.
+    fn manifests(&self) -> Vec<Manifest> {
+        self.pending.values().flatten().cloned().collect()
+    }
+}
+
 impl Committer {
+    /// One checkpoint of the partitions in `sealed`, whose `files` were
+    /// closed: finish the outbox, upload, commit a manifest per partition,
+    /// finish the outbox again (publish, announce, mark). `revoked` tells
+    /// whether a partition was lost meanwhile (asked just before its
+    /// commit point).
+    pub async fn checkpoint(
+        &self,
+        files: Vec<FinishedFile>,
+        sealed: Vec<Sealed>,
+        outbox: &mut Outbox,
+        revoked: impl Fn(i32) -> bool,
+    ) -> Result<Vec<(i32, PartitionOutcome)>, CommitError> {
+        // Manifests committed earlier come first: none of their partitions
+        // may get a newer manifest before they are announced.
+        self.finish(outbox).await?;
+        let uploaded = self.upload(files).await?;
+        failpoint::hit(failpoint::AFTER_UPLOAD);
+        let committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut outcomes = Vec::with_capacity(sealed.len());
+        for Sealed {
+            partition,
+            range,
+            skipped,
+        } in sealed
+        {
+            if revoked(partition) {
+                outcomes.push((partition, PartitionOutcome::Revoked));
+                continue;
+            }
+            let manifest = Manifest {
+                version: FORMAT_VERSION,
+                event: self.event.clone(),
+                topic: self.topic.clone(),
+                partition,
+                range,
+                files: uploaded
+                    .iter()
+                    .filter(|(p, _)| *p == partition)
+                    .map(|(_, f)| f.clone())
+                    .collect(),
+                skipped,
+                committed_at: committed_at.clone(),
+                writer: self.writer.clone(),
+            };
+            let outcome = match self.commit(&manifest, outbox).await? {
+                CommitOutcome::Committed => {
+                    failpoint::hit(failpoint::AFTER_MANIFEST);
+                    outbox.push(manifest.clone());
+                    PartitionOutcome::Committed(manifest)
+                }
+                CommitOutcome::Fenced {
+                    other_writer,
+                    other_to,
+                } => PartitionOutcome::Fenced {
+                    other_writer,
+                    other_to,
+                },
+            };
+            outcomes.push((partition, outcome));
+        }
+        self.finish(outbox).await?;
+        failpoint::hit(failpoint::AFTER_MARKERS);
+        Ok(outcomes)
+    }
+
+    /// Publishes, announces and marks every manifest of the outbox, in
+    /// order, and empties it. Idempotent: what an earlier attempt (or a
+    /// crashed process) did already is done again harmlessly.
+    pub async fn finish(&self, outbox: &mut Outbox) -> Result<(), CommitError> {
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        self.announce(&outbox.manifests()).await?;
+        *outbox = Outbox::default();
+        Ok(())
+    }
+
     /// Step 1: uploads every file, at most `concurrency` at a time.
-    pub async fn upload(
+    async fn upload(
         &self,
         files: Vec<FinishedFile>,
     ) -> Result<Vec<(i32, ManifestFile)>, CommitError> {
@@ -190,7 +362,16 @@ impl Committer {
     }
 
     /// Step 2: the commit point for one partition.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<CommitOutcome, CommitError> {
+    async fn commit(
+        &self,
+        manifest: &Manifest,
+        outbox: &Outbox,
+    ) -> Result<CommitOutcome, CommitError> {
+        debug_assert!(
+            !outbox.holds(manifest.partition),
+            "partition {}: a manifest is created while an earlier one is not announced",
+            manifest.partition
+        );
         let outcome = retry(
             "manifest",
             &self.telemetry,
@@ -239,7 +420,7 @@ impl Committer {
     /// Steps 3 and 4: (publish,) one notification per file, then the
     /// markers. Failed sends are retried with backoff until accepted or the
     /// process stops.
-    pub async fn announce(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
+    async fn announce(&self, manifests: &[Manifest]) -> Result<(), CommitError> {
         let published = self.publish(manifests).await?;
         let mut pending: Vec<FileNotification> = manifests
             .iter()
@@ -265,7 +446,10 @@ impl Committer {
                     self.telemetry
                         .notification_failed(pending.len(), attempt, &e);
                     if self.stopping.load(Ordering::Relaxed) && attempt >= 3 {
-                        return Err(CommitError::NotifyAbandoned(pending.len(), e.to_string()));
+                        return Err(CommitError::NotifyAbandoned {
+                            pending: pending.len(),
+                            source: e,
+                        });
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -273,7 +457,7 @@ impl Committer {
                 }
             }
         }
-        crate::failpoint::hit(crate::failpoint::AFTER_NOTIFY);
+        failpoint::hit(failpoint::AFTER_NOTIFY);
         for manifest in manifests {
             retry(
                 "marker",
@@ -314,5 +498,163 @@ pub fn notification(
         first_offset: file.first_offset,
         last_offset: file.last_offset,
         rows: file.rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::manifest::CommitOutcome;
+    use crate::notify::MemoryNotifier;
+    use crate::store::{MemoryStore, ObjectMeta};
+
+    /// A memory store that remembers the keys of its puts, in order.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inner: MemoryStore,
+        puts: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ObjectStore for Recording {
+        async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String, StoreError> {
+            self.puts.lock().unwrap().push(key.to_owned());
+            self.inner.put(key, body, mode).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
+            self.inner.copy(from, to).await
+        }
+        fn bucket(&self) -> &str {
+            "b"
+        }
+    }
+
+    fn committer(store: Arc<Recording>, notifier: Arc<MemoryNotifier>) -> Committer {
+        let telemetry = Telemetry::new("e");
+        Committer {
+            manifests: Manifests::new(store.clone(), "p", "e", "t"),
+            streams: Streams::new(
+                store.clone(),
+                tokio::runtime::Handle::current(),
+                "p/_sluice/streams/e/w/".to_owned(),
+                1,
+                telemetry.clone(),
+            ),
+            store,
+            prefix: "p".into(),
+            event: "e".into(),
+            topic: "t".into(),
+            writer: "w".into(),
+            notifier,
+            staging: None,
+            tenancy: Tenancy::default(),
+            concurrency: 2,
+            telemetry,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn manifest(from: i64, to: i64, file: &str) -> Manifest {
+        Manifest {
+            version: FORMAT_VERSION,
+            event: "e".into(),
+            topic: "t".into(),
+            partition: 0,
+            range: Range { from, to },
+            files: vec![ManifestFile {
+                key: file.into(),
+                staged_key: None,
+                kind: FileKind::Data,
+                tenant: None,
+                rows: 1,
+                size: 1,
+                e_tag: "\"x\"".into(),
+                first_offset: to,
+                last_offset: to,
+                min_event_time_micros: 0,
+                max_event_time_micros: 0,
+                schema_id: None,
+            }],
+            skipped: 0,
+            committed_at: "2026-01-01T00:00:00.000Z".into(),
+            writer: "crashed".into(),
+        }
+    }
+
+    /// A manifest a predecessor committed but did not announce is
+    /// announced and marked before the partition's next manifest exists.
+    #[tokio::test]
+    async fn an_unannounced_manifest_is_finished_before_the_next_is_created() {
+        let store = Arc::new(Recording::default());
+        let notifier = Arc::new(MemoryNotifier::default());
+        let committer = committer(store.clone(), notifier.clone());
+        let first = manifest(-1, 9, "p/e/f1.parquet");
+        assert_eq!(
+            committer.manifests.commit(&first).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        let recovered = committer.manifests.recover(0).await.unwrap();
+        assert_eq!(recovered.unmarked, vec![first.clone()]);
+        let mut outbox = Outbox::default();
+        recovered.unmarked.into_iter().for_each(|m| outbox.push(m));
+
+        let sealed = Sealed {
+            partition: 0,
+            range: Range { from: 9, to: 20 },
+            skipped: 11,
+        };
+        let outcomes = committer
+            .checkpoint(Vec::new(), vec![sealed], &mut outbox, |_| false)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcomes.as_slice(),
+            [(0, PartitionOutcome::Committed(m))] if m.range == sealed.range
+        ));
+        assert!(outbox.is_empty());
+        let puts = store.puts.lock().unwrap().clone();
+        let position = |suffix: &str| {
+            puts.iter()
+                .position(|k| k.ends_with(suffix))
+                .unwrap_or_else(|| panic!("no put of {suffix}: {puts:?}"))
+        };
+        assert!(
+            position("00000000000000000000.notified") < position("00000000000000000010.json"),
+            "the first manifest is marked before the second is created: {puts:?}"
+        );
+        assert!(position("00000000000000000010.json") < position("00000000000000000010.notified"));
+        let sent = notifier.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "the recovered manifest's file is announced");
+        assert!(sent[0].contains("f1.parquet"));
+        let recovered = committer.manifests.recover(0).await.unwrap();
+        assert!(recovered.unmarked.is_empty());
+        assert_eq!(recovered.last.map(|m| m.range.to), Some(20));
+    }
+
+    /// The commit point refuses (in debug builds) a manifest whose
+    /// partition still has an unannounced one.
+    #[tokio::test]
+    #[should_panic(expected = "while an earlier one is not announced")]
+    async fn creating_a_manifest_over_an_unannounced_one_is_a_bug() {
+        let store = Arc::new(Recording::default());
+        let committer = committer(store, Arc::new(MemoryNotifier::default()));
+        let mut outbox = Outbox::default();
+        outbox.push(manifest(-1, 9, "p/e/f1.parquet"));
+        let _ = committer
+            .commit(&manifest(9, 20, "p/e/f2.parquet"), &outbox)
+            .await;
     }
 }

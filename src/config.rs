@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dlq::Stage;
+
 /// A configuration problem a user can fix from the message alone.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -153,6 +155,11 @@ pub struct StorageConfig {
     /// same bucket); defaults to `<prefix>/_sluice/staging`.
     #[serde(default)]
     pub staging_prefix: Option<String>,
+    /// How long one S3 request may take, body included (humantime: `60s`).
+    /// A request that stalls longer is abandoned and retried like a failed
+    /// one.
+    #[serde(with = "humantime_serde", default = "default_storage_request_timeout")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -351,6 +358,22 @@ pub struct ErrorsConfig {
     /// committed); `skip`: count it and go on.
     #[serde(default)]
     pub policy: ErrorPolicy,
+    /// What a tombstone (a record whose value is null) becomes. It is not
+    /// an event, so never a row: `dead_letter` (default, reason
+    /// `tombstone`), `skip` (counted in `sluice_records_skipped_total`, as
+    /// Kafka Connect's `behavior.on.null.values = ignore`) or `fail`.
+    #[serde(default)]
+    pub tombstones: ErrorPolicy,
+}
+
+impl ErrorsConfig {
+    /// The policy for a record that failed for `reason`, and its key.
+    pub fn policy_for(&self, reason: Stage) -> (ErrorPolicy, &'static str) {
+        match reason {
+            Stage::Tombstone => (self.tombstones, "errors.tombstones"),
+            _ => (self.policy, "errors.policy"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -400,12 +423,25 @@ pub enum ErrorPolicy {
     Skip,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// SQS queue URL; one message per committed file. Unset: no notifications.
     #[serde(default)]
     pub queue_url: Option<String>,
+    /// How long one SQS request may take (humantime: `30s`); a request that
+    /// stalls longer is abandoned and retried like a failed one.
+    #[serde(with = "humantime_serde", default = "default_notify_request_timeout")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            queue_url: None,
+            request_timeout: default_notify_request_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -432,6 +468,12 @@ fn default_interval() -> Duration {
 }
 fn default_upload_concurrency() -> usize {
     8
+}
+fn default_storage_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_notify_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_buffer_bytes() -> u64 {
     256 * 1024 * 1024
@@ -484,7 +526,16 @@ impl Config {
             file: path.to_owned(),
             source,
         })?;
-        let mut config = Self::parse(path, &text, env)?;
+        Self::from_text(path, &text, env)
+    }
+
+    /// As [`Config::load_with_env`], from the text of the file at `path`.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Self::parse(path, text, env)?;
         config.source_file = path.to_owned();
         config.validate()?;
         Ok(config)

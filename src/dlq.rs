@@ -22,6 +22,42 @@ use crate::layout;
 use crate::schema::UTC;
 use crate::writer::{FileWriter, WriteError};
 
+/// Why a record did not become a row: the `stage` column of its dead
+/// letter and the `reason` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The CloudEvents headers were unreadable.
+    Envelope,
+    /// The payload did not decode against the schema.
+    Decode,
+    /// The record's schema version conflicts with the one in use.
+    IncompatibleSchema,
+    /// The record is larger than the memory budget allows for one record.
+    TooLarge,
+    /// The record's value is null: a compaction tombstone, not an event.
+    Tombstone,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Envelope,
+        Stage::Decode,
+        Stage::IncompatibleSchema,
+        Stage::TooLarge,
+        Stage::Tombstone,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Envelope => "envelope",
+            Stage::Decode => "decode",
+            Stage::IncompatibleSchema => "incompatible_schema",
+            Stage::TooLarge => "too_large",
+            Stage::Tombstone => "tombstone",
+        }
+    }
+}
+
 /// A record that could not become a row, borrowed from the consumer.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadLetter<'a> {

@@ -163,12 +163,11 @@ impl Confluent {
         value: &'a [u8],
         dataschema: Option<&str>,
     ) -> Result<Framed<'a>, FramingError> {
-        let (id, locator, payload) = match (value.first(), dataschema) {
-            (Some(0), _) => wire_format(value)?,
-            (_, Some(uri)) => (schema_id_in(uri)?, Locator::Name, value),
-            (Some(&magic), None) => return Err(FramingError::BadMagic(magic)),
-            (None, None) => return Err(FramingError::Empty),
-        };
+        let Frame {
+            id,
+            locator,
+            payload,
+        } = frame(value, dataschema)?;
         let upgrade = match self.verdicts.get(&id) {
             Some(Verdict {
                 incompatible: Some((current, reason)),
@@ -302,6 +301,33 @@ impl Confluent {
             message: format!("does not define message {}", self.message),
         })
     }
+}
+
+/// Where a registry-framed value says its schema is, and its Protobuf bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The registry's schema id.
+    pub id: u32,
+    locator: Locator,
+    /// The Protobuf bytes: a suffix of the value.
+    pub payload: &'a [u8],
+}
+
+/// Reads the framing of `value`: the wire format (first byte 0), else a
+/// plain payload whose `ce_dataschema` header names the schema id. No
+/// registry call: which schema that is, is decided after.
+pub fn frame<'a>(value: &'a [u8], dataschema: Option<&str>) -> Result<Frame<'a>, FramingError> {
+    let (id, locator, payload) = match (value.first(), dataschema) {
+        (Some(0), _) => wire_format(value)?,
+        (_, Some(uri)) => (schema_id_in(uri)?, Locator::Name, value),
+        (Some(&magic), None) => return Err(FramingError::BadMagic(magic)),
+        (None, None) => return Err(FramingError::Empty),
+    };
+    Ok(Frame {
+        id,
+        locator,
+        payload,
+    })
 }
 
 /// Schema id, message path and payload of a value in the wire format.

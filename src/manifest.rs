@@ -77,11 +77,16 @@ pub enum CommitOutcome {
     },
 }
 
-/// The last manifest of a partition, as found on recovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Latest {
-    pub manifest: Manifest,
-    pub notified: bool,
+/// A partition's commits as found in the store on assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The partition's last manifest, if it has any: where reading resumes.
+    pub last: Option<Manifest>,
+    /// Every manifest without its `.notified` marker, in offset order: the
+    /// new owner publishes and announces them before it commits anything.
+    /// Normally none, or the last one (a crash between its commit and its
+    /// marker).
+    pub unmarked: Vec<Manifest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,19 +171,37 @@ impl Manifests {
         })
     }
 
-    /// The partition's last manifest, if it has any.
-    pub async fn latest(&self, partition: i32) -> Result<Option<Latest>, ManifestError> {
+    /// The partition's last manifest and every manifest without a marker.
+    /// One listing of the partition's folder; reads only those manifests.
+    pub async fn recover(&self, partition: i32) -> Result<Recovered, ManifestError> {
         let dir = layout::manifest_dir(&self.prefix, &self.event, &self.topic, partition);
         let listed = self.store.list(&dir).await?;
-        let Some(last) = listed.iter().rev().find(|m| m.key.ends_with(".json")) else {
-            return Ok(None);
-        };
-        let marker = layout::notified_key(&last.key);
-        let notified = listed.iter().any(|m| m.key == marker);
-        Ok(Some(Latest {
-            manifest: self.read(&last.key).await?,
-            notified,
-        }))
+        let markers: std::collections::HashSet<&str> = listed
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|k| k.ends_with(".notified"))
+            .collect();
+        let manifests: Vec<&str> = listed
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        let mut recovered = Recovered::default();
+        for (i, key) in manifests.iter().enumerate() {
+            let is_last = i + 1 == manifests.len();
+            let marked = markers.contains(layout::notified_key(key).as_str());
+            if marked && !is_last {
+                continue;
+            }
+            let manifest = self.read(key).await?;
+            if !marked {
+                recovered.unmarked.push(manifest.clone());
+            }
+            if is_last {
+                recovered.last = Some(manifest);
+            }
+        }
+        Ok(recovered)
     }
 
     /// Every manifest of the sink, all partitions, in key order.
@@ -231,20 +254,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn latest_finds_the_last_manifest_and_its_marker() {
+    async fn recovery_finds_the_last_manifest_and_every_unmarked_one_in_order() {
         let m = Manifests::new(Arc::new(MemoryStore::new()), "", "e", "t");
-        assert_eq!(m.latest(0).await.unwrap(), None);
+        assert_eq!(m.recover(0).await.unwrap(), Recovered::default());
         let first = manifest(0, -1, 9, "a");
         let second = manifest(0, 9, 120, "a");
+        let third = manifest(0, 120, 121, "b");
         m.commit(&first).await.unwrap();
         m.mark_notified(&first).await.unwrap();
         m.commit(&second).await.unwrap();
         m.commit(&manifest(1, 4, 5, "a")).await.unwrap();
-        let latest = m.latest(0).await.unwrap().unwrap();
-        assert_eq!(latest.manifest, second);
-        assert!(!latest.notified);
+        let recovered = m.recover(0).await.unwrap();
+        assert_eq!(recovered.last, Some(second.clone()));
+        assert_eq!(recovered.unmarked, vec![second.clone()]);
+        // A manifest committed while an older one lacked its marker (what
+        // an earlier release could leave): both are found, oldest first.
+        m.commit(&third).await.unwrap();
+        let recovered = m.recover(0).await.unwrap();
+        assert_eq!(recovered.last, Some(third.clone()));
+        assert_eq!(recovered.unmarked, vec![second.clone(), third.clone()]);
         m.mark_notified(&second).await.unwrap();
-        assert!(m.latest(0).await.unwrap().unwrap().notified);
-        assert_eq!(m.all().await.unwrap().len(), 3);
+        m.mark_notified(&third).await.unwrap();
+        let recovered = m.recover(0).await.unwrap();
+        assert_eq!(recovered.last, Some(third));
+        assert!(recovered.unmarked.is_empty());
+        assert_eq!(m.all().await.unwrap().len(), 4);
     }
 }

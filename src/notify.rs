@@ -130,9 +130,12 @@ impl Notifier for MemoryNotifier {
 }
 
 /// The notifier `notify.queue_url` names.
-pub async fn from_config(queue_url: Option<&str>) -> Arc<dyn Notifier> {
+pub async fn from_config(
+    queue_url: Option<&str>,
+    request_timeout: std::time::Duration,
+) -> Arc<dyn Notifier> {
     match queue_url {
-        Some(url) => Arc::new(SqsNotifier::new(url.to_owned()).await),
+        Some(url) => Arc::new(SqsNotifier::new(url.to_owned(), request_timeout).await),
         None => Arc::new(Disabled),
     }
 }

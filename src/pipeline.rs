@@ -20,15 +20,15 @@ use tracing::{error, info, warn};
 
 use crate::buffer::{BufferError, Buffers, Record};
 use crate::checkpoint::{Checkpoint, Range};
-use crate::commit::{CommitError, Committer};
-use crate::config::ErrorPolicy;
-use crate::dlq::{DeadLetter, DeadLetters};
+use crate::commit::{CommitError, Committer, Outbox, PartitionOutcome, Sealed};
+use crate::config::{ErrorPolicy, ErrorsConfig};
+use crate::dlq::{DeadLetter, DeadLetters, Stage};
 use crate::envelope::{Encoding, Envelope};
 use crate::failpoint;
 use crate::framing::Framing;
-use crate::manifest::{CommitOutcome, FORMAT_VERSION, Manifest, ManifestFile};
+use crate::manifest::ManifestError;
 use crate::source::{self, Assignment, KafkaConsumer};
-use crate::telemetry::{FailReason, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::tenancy::{Route, Tenancy};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +37,20 @@ pub enum RunError {
     Commit(#[from] CommitError),
     #[error("cannot write Parquet: {0}")]
     Write(#[from] crate::writer::WriteError),
-    #[error("cannot read the progress of partition {partition} from the store: {error}")]
-    Recovery { partition: i32, error: String },
+    #[error("cannot read the progress of partition {partition} from the store: {source}")]
+    Recovery {
+        partition: i32,
+        source: ManifestError,
+    },
     #[error(
-        "record at partition {partition} offset {offset} cannot become a row ({error}); errors.policy is `fail`"
+        "record at partition {partition} offset {offset} cannot become a row ({error}); {key} is `fail`"
     )]
     Rejected {
         partition: i32,
         offset: i64,
         error: String,
+        /// The setting that said to stop.
+        key: &'static str,
     },
 }
 
@@ -55,7 +60,7 @@ enum Outcome {
     Row,
     /// Its tenant is configured to be dropped.
     Dropped,
-    Failed(FailReason, String),
+    Failed(Stage, String),
 }
 
 /// How often the loop publishes gauges and counts.
@@ -81,7 +86,7 @@ struct State {
     framing: Framing,
     buffers: Buffers,
     dead_letters: DeadLetters,
-    error_policy: ErrorPolicy,
+    errors: ErrorsConfig,
     tenancy: Tenancy,
     committer: Committer,
     runtime: Handle,
@@ -93,7 +98,7 @@ struct State {
     /// Owned partitions and what was read from them since their last commit.
     owned: BTreeMap<i32, Progress>,
     /// Committed manifests whose files are not announced yet.
-    outbox: Vec<Manifest>,
+    outbox: Outbox,
     /// Next offsets last committed to the Kafka group, per partition.
     advised: BTreeMap<i32, i64>,
     /// Records taken since the count was last published: those of owned
@@ -123,7 +128,7 @@ impl Pipeline {
         framing: Framing,
         buffers: Buffers,
         dead_letters: DeadLetters,
-        error_policy: ErrorPolicy,
+        errors: ErrorsConfig,
         committer: Committer,
         runtime: Handle,
         telemetry: Telemetry,
@@ -137,7 +142,7 @@ impl Pipeline {
                 framing,
                 buffers,
                 dead_letters,
-                error_policy,
+                errors,
                 tenancy: committer.tenancy.clone(),
                 committer,
                 runtime,
@@ -146,7 +151,7 @@ impl Pipeline {
                 max_buffer_bytes,
                 checkpoint: Checkpoint::new(),
                 owned: BTreeMap::new(),
-                outbox: Vec::new(),
+                outbox: Outbox::default(),
                 advised: BTreeMap::new(),
                 consumed: 0,
                 ends: None,
@@ -313,16 +318,16 @@ impl State {
         self.telemetry.rebalanced(assigned, revoked);
         for event in events {
             match event {
-                Assignment::Assigned { partition, latest } => {
+                Assignment::Assigned {
+                    partition,
+                    recovered,
+                } => {
                     self.owned.insert(partition, Progress::default());
                     self.advised.remove(&partition);
                     self.checkpoint
-                        .reset(partition, latest.as_ref().map(|l| l.manifest.range.to));
-                    if let Some(latest) = latest
-                        && !latest.notified
-                    {
-                        info!(partition, "re-announcing the files of the last commit");
-                        self.outbox.push(latest.manifest);
+                        .reset(partition, recovered.last.as_ref().map(|m| m.range.to));
+                    for manifest in recovered.unmarked {
+                        self.outbox.push(manifest);
                     }
                 }
                 Assignment::Revoked { partition } => {
@@ -332,14 +337,38 @@ impl State {
                     self.buffers.drop_partition(partition);
                     self.abort_abandoned();
                     self.dead_letters.drop_partition(partition);
-                    self.outbox.retain(|m| m.partition != partition);
+                    self.outbox.forget(partition);
                 }
                 Assignment::Failed { partition, error } => {
-                    return Err(RunError::Recovery { partition, error });
+                    return Err(RunError::Recovery {
+                        partition,
+                        source: error,
+                    });
                 }
             }
         }
+        if !self.outbox.is_empty() {
+            self.finish_recovered(consumer)?;
+        }
         Ok(())
+    }
+
+    /// Publishes and announces the manifests a predecessor committed but
+    /// did not announce, as soon as their partitions are assigned: their
+    /// files reach loaders without waiting for the next checkpoint.
+    fn finish_recovered(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+        info!(
+            manifests = self.outbox.len(),
+            "publishing and announcing the files of unannounced commits"
+        );
+        consumer.context().pause_all(consumer);
+        let finished = wait_polling(
+            &self.runtime,
+            consumer,
+            self.committer.finish(&mut self.outbox),
+        );
+        consumer.context().resume_all(consumer);
+        Ok(finished?)
     }
 
     /// Whether a bounded run has read every partition up to its end.
@@ -416,6 +445,13 @@ impl State {
 
     /// Envelope → tenant route → framing → decode into the buffers.
     fn buffer_row(&mut self, message: &BorrowedMessage<'_>) -> Result<Outcome, RunError> {
+        let Some(value) = message.payload() else {
+            // Checked first: a tombstone often carries no CloudEvents headers.
+            return Ok(Outcome::Failed(
+                Stage::Tombstone,
+                "the record's value is null (a tombstone), not an event".to_owned(),
+            ));
+        };
         let kafka_timestamp_ms = message.timestamp().to_millis();
         let headers = message
             .headers()
@@ -424,7 +460,7 @@ impl State {
             .map(|h| (h.key, h.value));
         let envelope = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
             Ok(envelope) => envelope,
-            Err(e) => return Ok(Outcome::Failed(FailReason::Envelope, e.to_string())),
+            Err(e) => return Ok(Outcome::Failed(Stage::Envelope, e.to_string())),
         };
         let route = match self.tenancy.route(envelope.tenant_header) {
             (Route::Main, _) => 0,
@@ -434,11 +470,10 @@ impl State {
                 return Ok(Outcome::Dropped);
             }
         };
-        let value = message.payload().unwrap_or(&[]);
         let size = value.len() + message.key().map_or(0, <[u8]>::len);
         if size > self.max_record_bytes() {
             return Ok(Outcome::Failed(
-                FailReason::TooLarge,
+                Stage::TooLarge,
                 format!(
                     "record of {size} bytes is over the limit of {} bytes per record (an eighth of the files' share of memory.max_buffer_bytes)",
                     self.max_record_bytes()
@@ -456,12 +491,9 @@ impl State {
                     framed.payload
                 }
                 Err(e) if e.is_incompatible() => {
-                    return Ok(Outcome::Failed(
-                        FailReason::IncompatibleSchema,
-                        e.to_string(),
-                    ));
+                    return Ok(Outcome::Failed(Stage::IncompatibleSchema, e.to_string()));
                 }
-                Err(e) => return Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
+                Err(e) => return Ok(Outcome::Failed(Stage::Decode, e.to_string())),
             },
             Encoding::Json => value,
         };
@@ -475,7 +507,7 @@ impl State {
         };
         match self.buffers.push(&record) {
             Ok(()) => Ok(Outcome::Row),
-            Err(BufferError::Decode(e)) => Ok(Outcome::Failed(FailReason::Decode, e.to_string())),
+            Err(BufferError::Decode(e)) => Ok(Outcome::Failed(Stage::Decode, e.to_string())),
             Err(BufferError::Write(e)) => Err(e.into()),
         }
     }
@@ -492,15 +524,17 @@ impl State {
         }
     }
 
-    /// A record that cannot become a row, handled per `errors.policy`.
+    /// A record that cannot become a row, handled per `errors.policy` (or
+    /// `errors.tombstones`).
     fn on_failure(
         &mut self,
         message: &BorrowedMessage<'_>,
-        reason: FailReason,
+        reason: Stage,
         error: String,
     ) -> Result<(), RunError> {
         let (partition, offset) = (message.partition(), message.offset());
-        match self.error_policy {
+        let (policy, key) = self.errors.policy_for(reason);
+        match policy {
             ErrorPolicy::DeadLetter => {
                 let headers: Vec<(&str, Option<&[u8]>)> = message
                     .headers()
@@ -532,12 +566,13 @@ impl State {
                 partition,
                 offset,
                 error,
+                key,
             }),
         }
     }
 
-    /// The range each owned partition (of `only`, if given) would commit now.
-    fn ranges(&self, only: Option<&BTreeSet<i32>>) -> Vec<(i32, Range)> {
+    /// What each owned partition (of `only`, if given) would commit now.
+    fn sealed(&self, only: Option<&BTreeSet<i32>>) -> Vec<Sealed> {
         self.owned
             .iter()
             .filter(|(p, _)| only.is_none_or(|set| set.contains(p)))
@@ -547,7 +582,11 @@ impl State {
                     .checkpoint
                     .position(partition)
                     .unwrap_or(p.first_read? - 1);
-                (to > from).then_some((partition, Range { from, to }))
+                (to > from).then_some(Sealed {
+                    partition,
+                    range: Range { from, to },
+                    skipped: p.skipped,
+                })
             })
             .collect()
     }
@@ -575,47 +614,28 @@ impl State {
         let started = Instant::now();
         let mut files = self.buffers.finish(only)?;
         files.extend(self.dead_letters.finish(only)?);
-        let ranges = self.ranges(only);
-        if ranges.is_empty() && self.outbox.is_empty() {
+        let sealed = self.sealed(only);
+        if sealed.is_empty() && self.outbox.is_empty() {
             self.advise_kafka(consumer);
             return Ok(());
         }
-        let uploaded = wait_polling(&self.runtime, consumer, self.committer.upload(files))?;
-        failpoint::hit(failpoint::AFTER_UPLOAD);
-        let committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let revoked = |partition| consumer.context().revoked_pending(partition);
+        let outcomes = wait_polling(
+            &self.runtime,
+            consumer,
+            self.committer
+                .checkpoint(files, sealed, &mut self.outbox, revoked),
+        )?;
         let (mut rows, mut bytes, mut count) = (0, 0, 0);
-        for (partition, range) in ranges {
-            let files: Vec<ManifestFile> = uploaded
-                .iter()
-                .filter(|(p, _)| *p == partition)
-                .map(|(_, f)| f.clone())
-                .collect();
-            let manifest = Manifest {
-                version: FORMAT_VERSION,
-                event: self.committer.event.clone(),
-                topic: self.topic.clone(),
-                partition,
-                range,
-                skipped: self.owned.get(&partition).map_or(0, |p| p.skipped),
-                files,
-                committed_at: committed_at.clone(),
-                writer: self.committer.writer.clone(),
-            };
-            if consumer.context().revoked_pending(partition) {
-                // Lost during this checkpoint: the new owner re-reads the
-                // range; what was uploaded for it stays an orphan.
-                self.telemetry.revoked_before_commit(partition);
-                continue;
-            }
-            match wait_polling(&self.runtime, consumer, self.committer.commit(&manifest))? {
-                CommitOutcome::Committed => {
-                    failpoint::hit(failpoint::AFTER_MANIFEST);
-                    if let Err(e) = self.checkpoint.try_apply(&[(partition, range)]) {
+        let now_micros = chrono::Utc::now().timestamp_micros();
+        for (partition, outcome) in outcomes {
+            match outcome {
+                PartitionOutcome::Committed(manifest) => {
+                    if let Err(e) = self.checkpoint.try_apply(&[(partition, manifest.range)]) {
                         // The manifest is committed; the in-memory view was stale.
                         error!(partition, error = %e, "progress out of step with the store");
-                        self.checkpoint.reset(partition, Some(range.to));
+                        self.checkpoint.reset(partition, Some(manifest.range.to));
                     }
-                    let now_micros = chrono::Utc::now().timestamp_micros();
                     for file in manifest.files.iter().filter(|f| f.kind.is_data()) {
                         rows += file.rows;
                         bytes += file.size;
@@ -623,9 +643,8 @@ impl State {
                         let age = now_micros - file.min_event_time_micros;
                         self.telemetry.commit_latency(age.max(0) as f64 / 1e6);
                     }
-                    self.outbox.push(manifest);
                 }
-                CommitOutcome::Fenced {
+                PartitionOutcome::Fenced {
                     other_writer,
                     other_to,
                 } => {
@@ -638,14 +657,12 @@ impl State {
                         warn!(partition, error = %e, "seek after losing a commit failed");
                     }
                 }
+                PartitionOutcome::Revoked => self.telemetry.revoked_before_commit(partition),
             }
             if let Some(p) = self.owned.get_mut(&partition) {
                 *p = Progress::default();
             }
         }
-        let outbox = std::mem::take(&mut self.outbox);
-        wait_polling(&self.runtime, consumer, self.committer.announce(&outbox))?;
-        failpoint::hit(failpoint::AFTER_MARKERS);
         self.advise_kafka(consumer);
         failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
         self.telemetry

@@ -9,6 +9,7 @@ mod column;
 mod confluent;
 mod decode;
 mod evolve;
+mod json;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use column::{Column, UTC};
 pub use confluent::{ConfluentRegistry, RegistryError};
 pub use decode::{DecodeError, Decoder};
 pub use evolve::check_compatible;
+pub use json::json_to_protobuf;
 pub use plan::MessagePlan;
 
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
 use crate::health::Health;
-use crate::manifest::{Latest, ManifestError, Manifests};
+use crate::manifest::{ManifestError, Manifests, Recovered};
 
 /// Settings sluice needs whatever the pass-through properties say.
 const FORCED: [(&str, &str); 2] = [
@@ -44,16 +44,20 @@ pub enum SourceError {
 /// rebalance callback (which runs inside `poll`).
 #[derive(Debug)]
 pub enum Assignment {
-    /// The partition is ours; `latest` is its last manifest, and the
-    /// consumer is already positioned right after it.
+    /// The partition is ours; the consumer is already positioned right
+    /// after its last manifest, and its unmarked manifests are to be
+    /// finished before anything else is committed.
     Assigned {
         partition: i32,
-        latest: Option<Latest>,
+        recovered: Recovered,
     },
     /// The partition is no longer ours: drop what is buffered for it.
     Revoked { partition: i32 },
     /// Progress could not be read from the store; the loop stops.
-    Failed { partition: i32, error: String },
+    Failed {
+        partition: i32,
+        error: ManifestError,
+    },
 }
 
 /// Reads progress from the store when partitions are assigned, so that
@@ -143,11 +147,11 @@ impl SourceContext {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn recover(&self, partition: i32) -> Result<Option<Latest>, ManifestError> {
+    fn recover(&self, partition: i32) -> Result<Recovered, ManifestError> {
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
-            match self.runtime.block_on(self.manifests.latest(partition)) {
+            match self.runtime.block_on(self.manifests.recover(partition)) {
                 Err(e) if e.is_retryable() && attempt < RECOVERY_ATTEMPTS => {
                     warn!(partition, attempt, error = %e, "reading progress failed, retrying");
                     std::thread::sleep(backoff);
@@ -164,22 +168,24 @@ impl SourceContext {
         let mut events = Vec::with_capacity(partitions.len());
         for partition in partitions {
             match self.recover(partition) {
-                Ok(latest) => {
-                    if let Some(latest) = &latest {
-                        let next = Offset::Offset(latest.manifest.range.to + 1);
-                        let _ = tpl.set_partition_offset(&self.topic, partition, next);
+                Ok(recovered) => {
+                    let from = recovered.last.as_ref().map(|m| m.range.to + 1);
+                    if let Some(next) = from {
+                        let _ =
+                            tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next));
                     }
                     info!(
                         partition,
-                        from = latest.as_ref().map(|l| l.manifest.range.to + 1),
+                        from,
+                        unannounced = recovered.unmarked.len(),
                         "partition assigned"
                     );
-                    events.push(Assignment::Assigned { partition, latest });
+                    events.push(Assignment::Assigned {
+                        partition,
+                        recovered,
+                    });
                 }
-                Err(e) => events.push(Assignment::Failed {
-                    partition,
-                    error: e.to_string(),
-                }),
+                Err(error) => events.push(Assignment::Failed { partition, error }),
             }
         }
         self.events

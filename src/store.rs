@@ -196,7 +196,12 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
     })?;
     Ok(match url {
         StorageUrl::S3 { bucket, prefix } => {
-            let store = S3Store::new(bucket, config.storage.force_path_style).await;
+            let store = S3Store::new(
+                bucket,
+                config.storage.force_path_style,
+                config.storage.request_timeout,
+            )
+            .await;
             (Arc::new(store), prefix)
         }
         StorageUrl::Local { dir } => (Arc::new(LocalStore::new(dir)), String::new()),
@@ -212,6 +217,17 @@ pub async fn e_tag_of(store: &dyn ObjectStore, key: &str) -> Result<Option<Strin
         .find(|o| o.key == key)
         .map(|o| o.e_tag))
 }
+
+/// The AWS SDK's timeouts for one service: a stalled connection or
+/// request fails after `request_timeout` and is retried like any failure.
+pub fn timeouts(request_timeout: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
+        .operation_attempt_timeout(request_timeout)
+        .build()
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Seconds since the Unix epoch, the unit of [`ObjectMeta::last_modified`].
 pub fn now_secs() -> i64 {

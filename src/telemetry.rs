@@ -7,36 +7,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tracing::{debug, info, warn};
 
-/// Why a record did not become a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailReason {
-    /// The CloudEvents headers were unreadable.
-    Envelope,
-    /// The payload did not decode against the schema.
-    Decode,
-    /// The record's schema version conflicts with the one in use.
-    IncompatibleSchema,
-    /// The record is larger than the memory budget allows for one record.
-    TooLarge,
-}
-
-impl FailReason {
-    pub const ALL: [FailReason; 4] = [
-        FailReason::Envelope,
-        FailReason::Decode,
-        FailReason::IncompatibleSchema,
-        FailReason::TooLarge,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            FailReason::Envelope => "envelope",
-            FailReason::Decode => "decode",
-            FailReason::IncompatibleSchema => "incompatible_schema",
-            FailReason::TooLarge => "too_large",
-        }
-    }
-}
+use crate::dlq::Stage;
 
 /// The metrics of one sink, labelled with its event.
 #[derive(Debug, Clone)]
@@ -87,7 +58,7 @@ impl Telemetry {
     /// Creates the series of every failure reason at 0, so rates and
     /// sums over them exist before the first failure.
     pub fn register_reasons(&self) {
-        for reason in FailReason::ALL {
+        for reason in Stage::ALL {
             for name in [
                 "sluice_records_dead_lettered_total",
                 "sluice_records_skipped_total",
@@ -103,13 +74,7 @@ impl Telemetry {
         self.consumed.increment(records);
     }
 
-    pub fn record_dead_lettered(
-        &self,
-        partition: i32,
-        offset: i64,
-        reason: FailReason,
-        error: &str,
-    ) {
+    pub fn record_dead_lettered(&self, partition: i32, offset: i64, reason: Stage, error: &str) {
         warn!(
             partition,
             offset,
@@ -127,7 +92,7 @@ impl Telemetry {
             .increment(1);
     }
 
-    pub fn record_skipped(&self, partition: i32, offset: i64, reason: FailReason, error: &str) {
+    pub fn record_skipped(&self, partition: i32, offset: i64, reason: Stage, error: &str) {
         warn!(
             partition,
             offset,

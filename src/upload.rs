@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::buffer::Part;
-use crate::store::{ObjectStore, StoreError, Upload, retry};
+use crate::store::{ObjectStore, StoreError, Upload, e_tag_of, retry};
 use crate::telemetry::Telemetry;
 
 /// Parts of one stream uploading at once.
@@ -201,6 +201,15 @@ impl Streams {
                 .complete_upload(&uploaded.upload, &uploaded.parts)
         })
         .await;
+        let completed = match completed {
+            // An earlier attempt completed it and its answer was lost: only
+            // this stream ever writes at its key.
+            Err(StoreError::NotFound(missing)) => match e_tag_of(&*self.store, &key).await? {
+                Some(e_tag) => Ok(e_tag),
+                None => Err(StoreError::NotFound(missing)),
+            },
+            other => other,
+        };
         match completed {
             Ok(e_tag) => Ok((key, e_tag)),
             Err(e) => {

@@ -68,7 +68,7 @@ pub(crate) fn execute(args: BackfillArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let queue = queue.unwrap_or_default();
-        let notifier = notify::from_config(Some(&queue)).await;
+        let notifier = notify::from_config(Some(&queue), config.notify.request_timeout).await;
         notifier
             .probe()
             .await

@@ -124,8 +124,11 @@ async fn probe_store(config: &Config) -> Result<String, String> {
 }
 
 async fn probe_queue(config: &Config) -> Result<String, String> {
-    let notifier: Arc<dyn notify::Notifier> =
-        notify::from_config(config.notify.queue_url.as_deref()).await;
+    let notifier: Arc<dyn notify::Notifier> = notify::from_config(
+        config.notify.queue_url.as_deref(),
+        config.notify.request_timeout,
+    )
+    .await;
     notifier.probe().await
 }
 

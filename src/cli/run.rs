@@ -78,7 +78,10 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         None => config.notify.queue_url.as_deref(),
         Some(_) => None,
     };
-    let notifier = runtime.block_on(notify::from_config(queue_url));
+    let notifier = runtime.block_on(notify::from_config(
+        queue_url,
+        config.notify.request_timeout,
+    ));
     let manifests = Manifests::new(
         store.clone(),
         &prefix,
@@ -214,7 +217,7 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         framing,
         buffers,
         dead_letters,
-        config.errors.policy,
+        config.errors.clone(),
         committer,
         handle,
         telemetry,

@@ -42,6 +42,9 @@ struct PartitionStatus {
     last_commit: Option<String>,
     /// Whether the last commit's files were announced.
     announced: Option<bool>,
+    /// Commits of this partition whose files are not announced yet
+    /// (manifests without their `.notified` marker).
+    unannounced: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,7 +53,7 @@ struct Status {
     topic: String,
     group: String,
     partitions: Vec<PartitionStatus>,
-    /// Partitions whose last commit is not announced yet.
+    /// Commits, all partitions, whose files are not announced yet.
     outbox: usize,
     orphan_files: usize,
     orphan_bytes: u64,
@@ -80,14 +83,15 @@ pub(crate) fn execute(args: StatusArgs) -> anyhow::Result<()> {
             let (_, high) = consumer
                 .fetch_watermarks(&kafka.topic, partition, TIMEOUT)
                 .map_err(|e| anyhow::anyhow!("partition {partition} watermarks: {e}"))?;
-            let latest = manifests.latest(partition).await?;
+            let recovered = manifests.recover(partition).await?;
+            let last = recovered.last.as_ref();
             let group_offset = group
                 .find_partition(&kafka.topic, partition)
                 .and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let committed = latest.as_ref().map(|l| l.manifest.range.to);
+            let committed = last.map(|m| m.range.to);
             let next = committed.map(|c| c + 1).or(group_offset).unwrap_or(0);
             rows.push(PartitionStatus {
                 partition,
@@ -95,8 +99,9 @@ pub(crate) fn execute(args: StatusArgs) -> anyhow::Result<()> {
                 group_offset,
                 high_watermark: high,
                 lag: (high - next).max(0),
-                last_commit: latest.as_ref().map(|l| l.manifest.committed_at.clone()),
-                announced: latest.as_ref().map(|l| l.notified),
+                last_commit: last.map(|m| m.committed_at.clone()),
+                announced: last.map(|m| !recovered.unmarked.contains(m)),
+                unannounced: recovered.unmarked.len(),
             });
         }
         let staging = config.staging_prefix(&prefix);
@@ -113,7 +118,7 @@ pub(crate) fn execute(args: StatusArgs) -> anyhow::Result<()> {
             event: config.event.name.clone(),
             topic: kafka.topic.clone(),
             group: kafka.group_id.clone(),
-            outbox: rows.iter().filter(|r| r.announced == Some(false)).count(),
+            outbox: rows.iter().map(|r| r.unannounced).sum(),
             orphan_files: orphans.len(),
             orphan_bytes: orphans.iter().map(|o| o.size).sum(),
             partitions: rows,
@@ -154,7 +159,7 @@ fn print_table(status: &Status, older_than: Duration) {
         );
     }
     println!(
-        "outbox: {} partition(s) with an unannounced commit; orphans: {} file(s), {} bytes (older than {})",
+        "outbox: {} unannounced commit(s); orphans: {} file(s), {} bytes (older than {})",
         status.outbox,
         status.orphan_files,
         status.orphan_bytes,

@@ -1,5 +1,7 @@
 //! Amazon SQS (or any SQS-protocol server) through aws-sdk-sqs.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -18,10 +20,14 @@ pub struct SqsNotifier {
 }
 
 impl SqsNotifier {
-    pub async fn new(queue_url: String) -> SqsNotifier {
+    /// `request_timeout`: the longest one attempt of a call may take.
+    pub async fn new(queue_url: String, request_timeout: Duration) -> SqsNotifier {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = aws_sdk_sqs::config::Builder::from(&sdk)
+            .timeout_config(crate::store::timeouts(request_timeout))
+            .build();
         SqsNotifier {
-            client: Client::new(&sdk),
+            client: Client::from_conf(config),
             fifo: queue_url.ends_with(".fifo"),
             queue_url,
         }

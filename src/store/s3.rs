@@ -2,10 +2,12 @@
 //! region and credentials come from the SDK's standard environment
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -38,13 +40,19 @@ pub struct S3Store {
 impl S3Store {
     /// `force_path_style`: `None` picks path style when a custom endpoint
     /// is configured (local S3 servers rarely resolve bucket subdomains).
-    pub async fn new(bucket: String, force_path_style: Option<bool>) -> S3Store {
+    /// `request_timeout`: the longest one attempt of a call may take.
+    pub async fn new(
+        bucket: String,
+        force_path_style: Option<bool>,
+        request_timeout: Duration,
+    ) -> S3Store {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let custom_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(force_path_style.unwrap_or(custom_endpoint))
+            .timeout_config(crate::store::timeouts(request_timeout))
             .build();
         S3Store {
             client: Client::from_conf(config),
@@ -53,10 +61,31 @@ impl S3Store {
     }
 }
 
+/// Error codes S3 uses for conditions that pass: some come with a 5xx
+/// status, some inside a `200 OK` (CopyObject, CompleteMultipartUpload).
+const TRANSIENT_CODES: [&str; 5] = [
+    "InternalError",
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "OperationAborted",
+];
+
+/// A `200 OK` without the result it must carry (S3 sends some errors that
+/// way): the call did not happen, try again.
+fn no_result(op: &'static str, key: &str) -> StoreError {
+    StoreError::Other {
+        op,
+        key: key.to_owned(),
+        message: "S3 answered 200 OK without a result".to_owned(),
+        retryable: true,
+    }
+}
+
 /// Maps an SDK error to what it means for the caller.
 fn classify<E>(op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     match status {
@@ -68,7 +97,10 @@ where
     let retryable = matches!(
         err,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-    ) || matches!(status, Some(409 | 429 | 500..=599));
+    ) || matches!(status, Some(409 | 429 | 500..=599))
+        || err
+            .code()
+            .is_some_and(|code| TRANSIENT_CODES.contains(&code));
     StoreError::Other {
         op,
         key: key.to_owned(),
@@ -117,7 +149,18 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String, StoreError> {
         if mode == PutMode::Overwrite && body.len() >= MULTIPART_FROM {
-            return self.put_multipart(key, body).await;
+            return match self.put_multipart(key, body).await {
+                // The upload is gone: completed by an attempt whose answer
+                // was lost, or aborted. Whole puts overwrite, so the caller
+                // may put it again.
+                Err(StoreError::NotFound(_)) => Err(StoreError::Other {
+                    op: "put",
+                    key: key.to_owned(),
+                    message: "the multipart upload ended before it was completed".to_owned(),
+                    retryable: true,
+                }),
+                other => other,
+            };
         }
         let out = self
             .client
@@ -205,11 +248,11 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("copy", from, e))?;
-        Ok(out
-            .copy_object_result()
+        // S3 may answer `200 OK` with an error document: no result, no copy.
+        out.copy_object_result()
             .and_then(|r| r.e_tag())
-            .unwrap_or_default()
-            .to_owned())
+            .map(str::to_owned)
+            .ok_or_else(|| no_result("copy", to))
     }
 
     fn multipart(&self) -> bool {
@@ -289,7 +332,9 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("put", &upload.key, e))?;
-        Ok(out.e_tag().unwrap_or_default().to_owned())
+        out.e_tag()
+            .map(str::to_owned)
+            .ok_or_else(|| no_result("put", &upload.key))
     }
 
     async fn uploads(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {

@@ -4,67 +4,11 @@
 //! own broker (scripts/kafka-broker) so the shared one stays up for the
 //! tests running beside it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice::sample::{self, Produced};
 
-use crate::support::{self, Sink, SinkSpec, check_exactly_once, ends, reference_sample};
-
-struct Broker {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(port: u16, dir: &std::path::Path) -> Broker {
-        let log = std::fs::File::create(dir.join("broker.log")).unwrap();
-        let child = Command::new(support::repo().join("scripts/kafka-broker"))
-            .arg(port.to_string())
-            .arg(dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start a broker");
-        let broker = Broker {
-            port,
-            dir: dir.to_owned(),
-            child: Some(child),
-        };
-        let address = broker.address();
-        support::wait_until("the broker to answer", Duration::from_secs(90), || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &address)
-                .create()
-                .unwrap();
-            consumer
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok_and(|m| !m.brokers().is_empty())
-        });
-        broker
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support::{self, Broker, Sink, SinkSpec, check_exactly_once, ends, reference_sample};
 
 /// Resident memory of a process, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
@@ -80,14 +24,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn broker_sigkill_and_restart_lose_and_duplicate_nothing() {
     const PARTITIONS: i32 = 2;
     let dir = tempfile::tempdir().unwrap();
-    // Two free ports in a row: the broker and its controller.
-    let port = loop {
-        let p = support::free_port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let mut broker = Broker::start(port, dir.path());
+    let mut broker = Broker::start(dir.path());
     let brokers = broker.address();
     let topic = support::unique("orders");
     let bucket = support::unique("sluice-broker");
@@ -132,7 +69,7 @@ async fn broker_sigkill_and_restart_lose_and_duplicate_nothing() {
         "memory grew from {before} to {during} bytes while the broker was gone"
     );
 
-    let broker = Broker::start(port, &broker.dir.clone());
+    broker.restart();
     let second = sample::produce(&brokers, &topic, PARTITIONS, &sample, 20_000..30_000)
         .await
         .unwrap();

@@ -3,14 +3,14 @@
 //! zombie. Each ends with what loaders may see (files listed by manifests,
 //! read with pyarrow) holding every produced record exactly once.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
 use sluice::sample::{self, Produced};
 
 use crate::support::{
-    self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, decode_key, ends, reference_sample,
+    self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, check_published_and_announced,
+    decode_key, ends, reference_sample,
 };
 
 struct Fixture {
@@ -67,23 +67,9 @@ impl Fixture {
     }
 }
 
-/// Every file a manifest lists was announced at least once.
-fn check_all_announced(read: &Value) {
-    let announced: HashSet<String> = read["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| decode_key(m["Records"][0]["s3"]["object"]["key"].as_str().unwrap()))
-        .collect();
-    for m in read["manifests"].as_array().unwrap() {
-        for f in m["files"].as_array().unwrap() {
-            let key = f["key"].as_str().unwrap();
-            assert!(
-                announced.contains(key),
-                "committed file {key} never announced"
-            );
-        }
-    }
+/// What the store holds now, without draining the queue.
+fn peek(f: &Fixture) -> Value {
+    support::read_back_committed(&f.storage, None)
 }
 
 #[cfg(feature = "failpoints")]
@@ -92,7 +78,7 @@ mod crash_points {
 
     use sluice::failpoint::*;
 
-    use crate::support::{check_exactly_once, ends, reference_sample};
+    use crate::support::{FAST_GROUP, check_exactly_once, ends, reference_sample};
 
     /// Crashes (abort, as SIGKILL would) at `point` during the first checkpoint
     /// that reaches it, restarts, and checks the outcome.
@@ -128,7 +114,7 @@ mod crash_points {
         assert!(sink.stop().success(), "{}", sink.logs());
         let read = f.read();
         check_exactly_once(&read, &produced, &reference_sample());
-        super::check_all_announced(&read);
+        crate::support::check_published_and_announced(&read);
         // Orphans of the crashed attempt are never announced (checked above);
         // a retry that batches the same offsets overwrites them in place.
     }
@@ -159,7 +145,7 @@ mod crash_points {
         assert!(sink.stop().success(), "{}", sink.logs());
         let committed = f.read();
         check_exactly_once(&committed, &produced, &reference_sample());
-        super::check_all_announced(&committed);
+        crate::support::check_published_and_announced(&committed);
         // What a bucket-notification loader would load: the live prefix.
         let live = crate::support::read_back(&live, None);
         let counts = crate::support::check_rows(&live, &produced, &reference_sample());
@@ -176,6 +162,193 @@ mod crash_points {
                 .contains(f["key"].as_str().unwrap())),
             "published files are removed from staging"
         );
+    }
+
+    /// How a sink writes its files, for the double-crash tests.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) enum Mode {
+        /// Files uploaded at their keys, announced on SQS.
+        Plain,
+        /// `bucket_notifications`: staged, copied to the live prefix after
+        /// the commit.
+        Staged,
+        /// Files of several MiB streamed in parts to a stream key, copied to
+        /// their keys after the commit.
+        Streamed,
+    }
+
+    /// Manifest keys without their marker, per partition, and each
+    /// partition's last manifest key.
+    fn unmarked_and_last(read: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+        let unmarked: Vec<String> = read["unmarked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect();
+        let mut last = std::collections::BTreeMap::new();
+        for m in read["manifests"].as_array().unwrap() {
+            let (p, from) = (
+                m["partition"].as_i64().unwrap(),
+                m["range"]["from"].as_i64().unwrap(),
+            );
+            let entry = last.entry(p).or_insert(from);
+            *entry = (*entry).max(from);
+        }
+        let last = last
+            .into_iter()
+            .map(|(p, from)| format!("p={p:05}/{:020}.json", from + 1))
+            .collect();
+        (unmarked, last)
+    }
+
+    /// The outbox `sluice status` reports.
+    fn status_outbox(sink: &crate::support::Sink) -> i64 {
+        let (ok, stdout, stderr) = crate::support::sluice(&["status", "--json"], &sink.config);
+        assert!(ok, "{stderr}");
+        let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        status["outbox"].as_i64().unwrap()
+    }
+
+    /// A commit whose announcement was cut short by a crash, then a
+    /// successor that crashes right after its own first commit: its
+    /// predecessor's files must be published and announced before that
+    /// commit. A third process finishes; in the end every manifest is
+    /// marked and every committed file live and announced as listed.
+    pub(super) async fn crash_twice(mode: Mode) {
+        let sample = reference_sample();
+        let streamed = matches!(mode, Mode::Streamed);
+        let f = super::fixture(if streamed { 1 } else { 2 }).await;
+        let (batches, interval) = if streamed {
+            // 100 kB records in one folder, uncompressed: each checkpoint's
+            // file (10 MB) passes the 5 MiB part size and streams.
+            ([0..100, 100..200], "5s")
+        } else {
+            ([0..3_000, 3_000..6_000], "1s")
+        };
+        let produce = |seqs: std::ops::Range<u64>| async {
+            if streamed {
+                crate::support::produce_padded(&f.topic, &sample, seqs, 100_000).await
+            } else {
+                f.produce(seqs).await
+            }
+        };
+        let extra = if streamed {
+            format!(
+                "{FAST_GROUP}\n[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
+                 [files]\npath = \"{{event}}/all\"\n"
+            )
+        } else {
+            FAST_GROUP.to_owned()
+        };
+        let mut sink = crate::support::Sink::with_extra(
+            crate::support::SinkSpec {
+                topic: &f.topic,
+                storage_url: &f.storage,
+                queue_url: Some(&f.queue),
+                interval,
+            },
+            &extra,
+        );
+        let staged = ("SLUICE_STORAGE__BUCKET_NOTIFICATIONS", "true");
+        let env = |failpoint: Option<&'static str>| {
+            let mut env = Vec::new();
+            if matches!(mode, Mode::Staged) {
+                env.push(staged);
+            }
+            if let Some(point) = failpoint {
+                env.push(("SLUICE_FAILPOINT", point));
+            }
+            env
+        };
+        let crash = "after_manifest:1";
+
+        let [first_batch, second_batch] = batches;
+        let mut produced = produce(first_batch).await;
+        sink.start_with_env(&env(Some(crash)));
+        assert!(
+            !sink.wait_exit(Duration::from_secs(120)).success(),
+            "{}",
+            sink.logs()
+        );
+        let first = super::peek(&f);
+        let (unmarked, _) = unmarked_and_last(&first);
+        assert_eq!(unmarked.len(), 1, "one commit left unannounced: {first}");
+        let m1 = unmarked[0].clone();
+        let staged_under = match mode {
+            Mode::Plain => None,
+            Mode::Staged => Some("/_sluice/staging/"),
+            Mode::Streamed => Some("/_sluice/streams/"),
+        };
+        for file in first["manifests"][0]["files"].as_array().unwrap() {
+            let staged_key = file["staged_key"].as_str();
+            match staged_under {
+                None => assert!(staged_key.is_none(), "{file}"),
+                Some(under) => assert!(staged_key.is_some_and(|k| k.contains(under)), "{file}"),
+            }
+        }
+        assert_eq!(
+            status_outbox(&sink),
+            1,
+            "status shows the unannounced commit"
+        );
+
+        produced.extend(produce(second_batch).await);
+        sink.start_with_env(&env(Some(crash)));
+        assert!(
+            !sink.wait_exit(Duration::from_secs(120)).success(),
+            "{}",
+            sink.logs()
+        );
+        let second = super::peek(&f);
+        let (unmarked, last) = unmarked_and_last(&second);
+        assert!(
+            !unmarked.contains(&m1),
+            "{m1} was not announced before a newer commit: unmarked {unmarked:?}"
+        );
+        assert!(
+            unmarked
+                .iter()
+                .all(|k| last.iter().any(|l| k.ends_with(l.as_str()))),
+            "only a partition's last manifest may lack its marker: unmarked {unmarked:?}, last {last:?}"
+        );
+        assert!(
+            !unmarked.is_empty(),
+            "the second crash left its commit unannounced"
+        );
+
+        sink.start_with_env(&env(None));
+        sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(180));
+        assert!(sink.stop().success(), "{}", sink.logs());
+        let read = f.read();
+        check_exactly_once(&read, &produced, &sample);
+        crate::support::check_published_and_announced(&read);
+        assert_eq!(status_outbox(&sink), 0, "status: nothing left to announce");
+        if matches!(mode, Mode::Staged | Mode::Streamed) {
+            // What S3 event notifications would announce: the live prefix.
+            let live = crate::support::read_back(&format!("{}/order_placed", f.storage), None);
+            let counts = crate::support::check_rows(&live, &produced, &sample);
+            assert!(
+                counts.values().all(|&c| c == 1),
+                "live prefix holds duplicates"
+            );
+            assert_eq!(live["rows"].as_array().unwrap().len(), produced.len());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_twice_plain() {
+        crash_twice(Mode::Plain).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_twice_bucket_notifications() {
+        crash_twice(Mode::Staged).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_twice_streamed_files() {
+        crash_twice(Mode::Streamed).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +439,7 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
     }
     let read = f.read();
     check_exactly_once(&read, &produced, &reference_sample());
-    check_all_announced(&read);
+    check_published_and_announced(&read);
     println!(
         "chaos: {} events, {KILLS} SIGKILLs, {} manifests, {} committed files, {} orphans, {} messages",
         produced.len(),
@@ -338,7 +511,7 @@ async fn zombie_is_fenced_after_its_partitions_moved() {
     assert!(successor.stop().success(), "{}", successor.logs());
     let read = f.read();
     check_exactly_once(&read, &produced, &reference_sample());
-    check_all_announced(&read);
+    check_published_and_announced(&read);
 }
 
 /// `sluice gc --older-than 0s` for the sink configured in `config`

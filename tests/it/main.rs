@@ -9,6 +9,8 @@ mod broker;
 mod configs;
 mod deploy;
 mod exactly_once;
+mod fault_proxy;
+mod faults;
 mod files;
 mod mapping;
 mod memory;

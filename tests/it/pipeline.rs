@@ -328,6 +328,132 @@ async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
     assert!(read["rows"].as_array().unwrap().len() <= good.len());
 }
 
+/// Tombstones (null values) never become rows: dead letters with the
+/// reason `tombstone` by default, counted and skipped with
+/// `errors.tombstones = "skip"`, a stop with `"fail"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_dead_letters_skipped_or_fatal_as_configured() {
+    let topic = support::unique("orders");
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer = support::producer();
+    let mut good = Vec::new();
+    let mut tombstones = Vec::new();
+    let mut offset = 0i64;
+    for (seq_range, tombstone) in [
+        (0..20u64, Some(vec![("ce_id", b"deleted-1".as_slice())])),
+        (20..40, Some(vec![])),
+        (40..50, None),
+    ] {
+        for seq in seq_range {
+            let headers = sample.headers(seq);
+            let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            support::send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+            good.push(Produced {
+                seq,
+                partition: 0,
+                offset,
+            });
+            offset += 1;
+        }
+        if let Some(headers) = tombstone {
+            support::send_tombstone(&producer, &topic, b"order-key", &headers).await;
+            tombstones.push((offset, headers.len()));
+            offset += 1;
+        }
+    }
+    let run = |policy: Option<&'static str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = format!("file://{}", dir.path().display());
+        let mut sink = Sink::new(SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: None,
+            interval: "1s",
+        });
+        let env: Vec<(&str, &str)> = policy
+            .map(|p| vec![("SLUICE_ERRORS__TOMBSTONES", p)])
+            .unwrap_or_default();
+        sink.start_with_env(&env);
+        (sink, storage, dir)
+    };
+
+    // Default: dead letters, key and headers kept, value null.
+    let (mut sink, storage, _dir) = run(None);
+    sink.wait_committed(&[offset], Duration::from_secs(120));
+    let metrics = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "sluice_records_dead_lettered_total",
+            &["reason=\"tombstone\""]
+        ),
+        2.0
+    );
+    let read = support::read_back_committed(&storage, None);
+    assert_eq!(check_rows(&read, &good, &sample).len(), good.len());
+    assert_eq!(
+        read["rows"].as_array().unwrap().len(),
+        good.len(),
+        "no row for a tombstone"
+    );
+    let letters = read["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), tombstones.len(), "{letters:?}");
+    for (at, headers) in &tombstones {
+        let row = letters.iter().find(|r| r[1] == *at).unwrap();
+        assert_eq!(row[2], "tombstone", "{row}");
+        assert!(row[3].as_str().unwrap().contains("null"), "{row}");
+        assert!(row[4].is_null(), "the value stays null: {row}");
+        assert_eq!(row[5].as_array().unwrap().len(), *headers, "{row}");
+    }
+
+    // Skip: counted, in the manifests' skipped count, nothing written.
+    let (mut sink, storage, _dir) = run(Some("skip"));
+    sink.wait_committed(&[offset], Duration::from_secs(120));
+    let metrics = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+    assert_eq!(
+        support::metric(
+            &metrics,
+            "sluice_records_skipped_total",
+            &["reason=\"tombstone\""]
+        ),
+        2.0
+    );
+    let read = support::read_back_committed(&storage, None);
+    assert!(read["dead_letters"].as_array().unwrap().is_empty());
+    assert_eq!(read["rows"].as_array().unwrap().len(), good.len());
+    let skipped: i64 = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["skipped"].as_i64().unwrap())
+        .sum();
+    assert_eq!(skipped, 2);
+
+    // Fail: stops at the first tombstone, naming the setting.
+    let (mut sink, storage, _dir) = run(Some("fail"));
+    assert!(!sink.wait_exit(Duration::from_secs(60)).success());
+    let logs = sink.logs();
+    assert!(
+        logs.contains(&format!("offset {} cannot become a row", tombstones[0].0))
+            && logs.contains("errors.tombstones is `fail`"),
+        "{logs}"
+    );
+    let read = support::read_back_committed(&storage, None);
+    let to = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["range"]["to"].as_i64().unwrap())
+        .max()
+        .unwrap_or(-1);
+    assert!(to < tombstones[0].0, "committed past the tombstone: {to}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_tenants_go_to_their_own_prefix_or_are_dropped() {
     let topic = support::unique("orders");

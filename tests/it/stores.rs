@@ -8,5 +8,5 @@ use crate::support;
 async fn s3_store_conforms_against_moto() {
     let bucket = support::unique("sluice-conf");
     support::create_bucket(&bucket).await;
-    conformance::run(&S3Store::new(bucket, None).await).await;
+    conformance::run(&S3Store::new(bucket, None, std::time::Duration::from_secs(30)).await).await;
 }

@@ -9,21 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::sample;
 
-use crate::support::{self, Sink, SinkSpec, decode_key, reference_sample};
-
-fn sluice(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{self, Sink, SinkSpec, decode_key, reference_sample, sluice};
 
 /// Key → message body.
 fn by_key(messages: &[Value]) -> BTreeMap<String, Value> {

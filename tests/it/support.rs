@@ -142,6 +142,7 @@ pub struct Sink {
     runs: usize,
 }
 
+#[derive(Debug, Clone, Copy)]
 pub struct SinkSpec<'a> {
     pub topic: &'a str,
     pub storage_url: &'a str,
@@ -346,6 +347,21 @@ impl Drop for Sink {
     }
 }
 
+/// Runs `sluice <args> --config <config>`: success, stdout, stderr.
+pub fn sluice(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// What pyarrow finds under `url`, and the messages drained from `queue`.
 pub fn read_back(url: &str, queue: Option<&str>) -> Value {
     read_back_with(url, queue, &[])
@@ -502,6 +518,71 @@ pub fn check_exactly_once(read: &Value, produced: &[Produced], sample: &OrderSam
     }
 }
 
+/// Every committed file is live and announced exactly as its manifest
+/// lists it: every manifest has its `.notified` marker; every file it
+/// lists is at its key with its size (staged and streamed copies removed);
+/// every data file of the sink's own prefix was announced, each message
+/// naming its key, size, the live object's ETag, its offsets, rows and the
+/// manifest's commit time.
+pub fn check_published_and_announced(read: &Value) {
+    assert_eq!(
+        read["unmarked"],
+        serde_json::json!([]),
+        "manifests without their .notified marker"
+    );
+    let live: HashMap<&str, &Value> = read["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["key"].as_str().unwrap(), f))
+        .collect();
+    let orphans: std::collections::HashSet<&str> = read["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut messages: HashMap<String, Vec<&Value>> = HashMap::new();
+    for m in read["messages"].as_array().unwrap() {
+        let key = decode_key(m["Records"][0]["s3"]["object"]["key"].as_str().unwrap());
+        messages.entry(key).or_default().push(m);
+    }
+    for manifest in read["manifests"].as_array().unwrap() {
+        for file in manifest["files"].as_array().unwrap() {
+            let key = file["key"].as_str().unwrap();
+            let object = live
+                .get(key)
+                .unwrap_or_else(|| panic!("committed file {key} is not at its key"));
+            assert_eq!(object["size"], file["size"], "{key}: size");
+            if let Some(staged) = file["staged_key"].as_str() {
+                assert!(!orphans.contains(staged), "{staged} left after publishing");
+            }
+            let data = file["kind"].is_null() || file["kind"] == "data";
+            if !data || !file["tenant"].is_null() {
+                continue;
+            }
+            let sent = messages
+                .get(key)
+                .unwrap_or_else(|| panic!("committed file {key} never announced"));
+            let e_tag = object["e_tag"].as_str().unwrap().trim_matches('"');
+            for message in sent {
+                let s3 = &message["Records"][0]["s3"]["object"];
+                assert_eq!(s3["size"], file["size"], "{key}: announced size");
+                assert_eq!(s3["eTag"], e_tag, "{key}: announced ETag");
+                assert_eq!(
+                    message["Records"][0]["eventTime"], manifest["committed_at"],
+                    "{key}: announced time"
+                );
+                let details = &message["sluice"];
+                assert_eq!(details["first_offset"], file["first_offset"], "{key}");
+                assert_eq!(details["last_offset"], file["last_offset"], "{key}");
+                assert_eq!(details["rows"], file["rows"], "{key}");
+                assert_eq!(details["partition"], manifest["partition"], "{key}");
+            }
+        }
+    }
+}
+
 /// Serves `routes` (path → JSON body; anything else is 404), counting
 /// requests and remembering the Authorization headers seen.
 pub struct Server {
@@ -563,6 +644,83 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
     }
 }
 
+/// A Kafka broker of a test's own (scripts/kafka-broker), for tests that
+/// kill it: the shared one stays up for the tests running beside them.
+pub struct Broker {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker on two free ports in a row (broker, controller)
+    /// with its data in `dir`.
+    pub fn start(dir: &std::path::Path) -> Broker {
+        let port = loop {
+            let p = free_port();
+            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        Broker::start_at(port, dir)
+    }
+
+    fn start_at(port: u16, dir: &std::path::Path) -> Broker {
+        let log = std::fs::File::create(dir.join("broker.log")).unwrap();
+        let child = Command::new(repo().join("scripts/kafka-broker"))
+            .arg(port.to_string())
+            .arg(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a broker");
+        let broker = Broker {
+            port,
+            dir: dir.to_owned(),
+            child: Some(child),
+        };
+        let address = broker.address();
+        wait_until("the broker to answer", Duration::from_secs(90), || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &address)
+                .create()
+                .unwrap();
+            consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok_and(|m| !m.brokers().is_empty())
+        });
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Broker {
+    /// SIGKILL (if running), then the same broker again on its data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (port, dir) = (self.port, self.dir.clone());
+        *self = Broker::start_at(port, &dir);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A producer to the shared broker.
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
@@ -591,6 +749,29 @@ pub async fn send_raw(
         .partition(0)
         .payload(payload)
         .headers(owned);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+/// Produces a tombstone (a record whose value is null) with `key` and
+/// `headers` to partition 0 of `topic`.
+pub async fn send_tombstone(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    let record: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(topic).partition(0).key(key).headers(owned);
     producer
         .send(record, Duration::from_secs(10))
         .await

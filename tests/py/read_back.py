@@ -5,7 +5,8 @@ usage: read_back.py s3://bucket/prefix [--rows] [--committed] [--queue URL] [--e
        read_back.py file:///dir [--rows] [--committed] [--extra COLUMN]
 
 Prints {"files": [{key, size, e_tag, rows, metadata}], "rows": [...], "messages": [...],
-"manifests": [...], "orphans": [...]}. With --committed only the files that a
+"manifests": [...], "unmarked": [...], "orphans": [...]}: "unmarked" are the keys of
+manifests without their .notified marker. With --committed only the files that a
 manifest lists are read (what loaders may see); the rest are orphans.
 Dead letters are [partition, offset, stage, reason, value hex, headers].
 Rows are [partition, offset, order_id, customer_id, total_cents,
@@ -75,13 +76,16 @@ def main():
     parser.add_argument("--committed", action="store_true")
     parser.add_argument("--extra")
     args = parser.parse_args()
-    out = {"files": [], "rows": [], "messages": [], "manifests": [], "orphans": [],
-           "dead_letters": []}
+    out = {"files": [], "rows": [], "messages": [], "manifests": [], "unmarked": [],
+           "orphans": [], "dead_letters": []}
     everything = list(objects(args.url))
     prefix = args.url[5:].partition("/")[2] if args.url.startswith("s3://") else ""
+    keys = {key for key, _, _ in everything}
     for key, body, _ in everything:
         if "/_sluice/manifests/" in "/" + key and key.endswith(".json"):
             out["manifests"].append(json.loads(body))
+            if key[:-len(".json")] + ".notified" not in keys:
+                out["unmarked"].append(key)
     listed = {f["key"] for m in out["manifests"] for f in m["files"]}
     for key, body, e_tag in everything:
         if not key.endswith(".parquet"):

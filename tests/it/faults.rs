@@ -1,0 +1,319 @@
+//! sluice behind a fault proxy ([`crate::fault_proxy`]) between it and
+//! moto: every S3 and SQS failure the proxy knows, on every protocol step,
+//! alone and together with SIGKILLs, paused members (zombies) and a broker
+//! restart. What lands is read back with pyarrow and must hold each record
+//! exactly once, every committed file live and announced as its manifest
+//! lists it, and nothing announced or published that is not committed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice::sample::{self, Produced};
+
+use crate::fault_proxy::{Fault, FaultProxy, Op, Plan};
+use crate::support::{
+    self, Broker, FAST_GROUP, Sink, SinkSpec, check_exactly_once, check_published_and_announced,
+    check_rows, ends, reference_sample,
+};
+
+/// Where moto listens (the proxy's upstream).
+fn moto() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// The environment that sends a sink's S3 and SQS calls through `proxy`,
+/// with request timeouts shorter than the proxy's stalls.
+fn through(proxy: &FaultProxy) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", proxy.url.clone()),
+        ("SLUICE_STORAGE__REQUEST_TIMEOUT", "6s".into()),
+        ("SLUICE_NOTIFY__REQUEST_TIMEOUT", "6s".into()),
+        ("SLUICE_STORAGE__BUCKET_NOTIFICATIONS", "true".into()),
+    ]
+}
+
+fn start(sink: &mut Sink, env: &[(&'static str, String)]) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sink.start_with_env(&env);
+}
+
+/// The (operation, fault) pairs of `ops` that `faults` apply to and the
+/// proxy never injected.
+fn missed(proxy: &FaultProxy, ops: &[Op], faults: &[Fault]) -> Vec<(Op, Fault)> {
+    let injected = proxy.injected();
+    ops.iter()
+        .flat_map(|&op| faults.iter().map(move |&f| (op, f)))
+        .filter(|&(op, f)| f.applies_to(op) && !injected.contains_key(&(op, f)))
+        .collect()
+}
+
+/// The live prefix (what S3 event notifications would announce) holds
+/// committed files only, each record once.
+fn check_live_prefix(storage: &str, read: &Value, produced: &[Produced]) {
+    let live = support::read_back(&format!("{storage}/order_placed"), None);
+    let listed: std::collections::HashSet<&str> = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["files"].as_array().unwrap())
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    for file in live["files"].as_array().unwrap() {
+        let key = file["key"].as_str().unwrap();
+        assert!(listed.contains(key), "{key} is live but not committed");
+    }
+    let counts = check_rows(&live, produced, &reference_sample());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "live prefix holds duplicates"
+    );
+}
+
+/// Large files stream in parts while every S3 and SQS call meets each
+/// fault in turn: errors, `200 OK` errors on CompleteMultipartUpload and
+/// CopyObject, resets, stalls past the request timeout, and calls applied
+/// whose answer is lost. The sink never stops for good (a call that fails
+/// on every retry stops it, and it is restarted as an orchestrator would);
+/// in the end each record is committed once and every file is live and
+/// announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_files_survive_every_store_and_queue_fault() {
+    const RECORDS: u64 = 600;
+    let topic = support::unique("orders");
+    let bucket = support::unique("sluice-faults");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("files")).await;
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let produced = support::produce_padded(&topic, &sample, 0..RECORDS, 100_000).await;
+    let storage = format!("s3://{bucket}/raw");
+    // Uncompressed 100 kB records in one folder, files closed at 6 MiB: about
+    // ten streamed files, each a 5 MiB part and a tail; with every other
+    // call failing, each operation meets each of its faults.
+    let extra = format!(
+        "{FAST_GROUP}\n[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
+         [files]\npath = \"{{event}}/all\"\nmax_bytes = \"6MiB\"\n"
+    );
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: Some(&queue),
+            interval: "5s",
+        },
+        &extra,
+    );
+    let proxy = FaultProxy::start(&moto(), Plan::everything(2, Duration::from_secs(8)));
+    let env = through(&proxy);
+    start(&mut sink, &env);
+    let target = ends(&produced, 1);
+    let (group, t) = (sink.group.clone(), topic.clone());
+    let mut restarts = 0;
+    support::wait_until(
+        "every record committed through the faults",
+        Duration::from_secs(400),
+        || {
+            if !sink.is_running() {
+                // A call that failed on every retry: the process exits and
+                // its restart resumes from the last manifest.
+                restarts += 1;
+                assert!(restarts <= 5, "{}", sink.logs());
+                sink.wait_exit(Duration::from_secs(5));
+                start(&mut sink, &env);
+            }
+            support::committed(&group, &t, 1) == target
+        },
+    );
+    proxy.set_enabled(false);
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let missing = missed(
+        &proxy,
+        &[
+            Op::CreateUpload,
+            Op::UploadPart,
+            Op::CompleteUpload,
+            Op::Copy,
+            Op::ManifestPut,
+            Op::MarkerPut,
+            Op::SendMessageBatch,
+        ],
+        &Fault::ALL,
+    );
+    println!(
+        "streamed faults: injected {:?}, restarts {restarts}",
+        proxy.injected()
+    );
+    assert!(missing.is_empty(), "faults never injected: {missing:?}");
+
+    let read = support::read_back_committed(&storage, Some(&queue));
+    check_exactly_once(&read, &produced, &sample);
+    check_published_and_announced(&read);
+    check_live_prefix(&storage, &read, &produced);
+    let streamed = read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["files"].as_array().unwrap())
+        .filter(|f| {
+            f["staged_key"]
+                .as_str()
+                .is_some_and(|k| k.contains("/_sluice/streams/"))
+        })
+        .count();
+    assert!(streamed >= 5, "{streamed} streamed files");
+}
+
+/// An operator's chaos run: two members of one group behind the fault
+/// proxy (every other call of each kind fails, each time another way), SIGKILLs, a member paused past its
+/// session timeout and resumed (a zombie), and the broker killed and
+/// restarted, while a producer writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_faults_kills_zombies_and_a_broker_restart() {
+    const PARTITIONS: i32 = 4;
+    const CHUNKS: u64 = 12;
+    const PER_CHUNK: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let brokers = broker.address();
+    let topic = support::unique("orders");
+    let bucket = support::unique("sluice-chaos");
+    support::create_bucket(&bucket).await;
+    let queue = support::create_queue(&support::unique("files")).await;
+    sample::ensure_topic(&brokers, &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let storage = format!("s3://{bucket}/raw");
+    let spec = SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: Some(&queue),
+        interval: "1s",
+    };
+    let mut sinks = [
+        Sink::with_extra(spec, FAST_GROUP),
+        Sink::with_extra(spec, FAST_GROUP),
+    ];
+    let group = sinks[0].group.clone();
+    for sink in &mut sinks {
+        let text = std::fs::read_to_string(&sink.config)
+            .unwrap()
+            .replace(&sink.group, &group)
+            .replace(&support::brokers(), &brokers);
+        std::fs::write(&sink.config, text).unwrap();
+        sink.group = group.clone();
+    }
+    let proxy = FaultProxy::start(&moto(), Plan::everything(2, Duration::from_secs(8)));
+    let env = through(&proxy);
+    for sink in &mut sinks {
+        start(sink, &env);
+    }
+
+    let sample = reference_sample();
+    let mut produced = Vec::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let (mut kills, mut zombies) = (0, 0);
+    for chunk in 0..CHUNKS {
+        let seqs = chunk * PER_CHUNK..(chunk + 1) * PER_CHUNK;
+        produced.extend(
+            sample::produce(&brokers, &topic, PARTITIONS, &sample, seqs)
+                .await
+                .unwrap(),
+        );
+        let victim = rand(2) as usize;
+        match chunk {
+            // Once, midway: the broker dies and comes back on its data.
+            6 => {
+                broker.kill();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                broker.restart();
+            }
+            // A zombie: paused past the session timeout (6 s), resumed
+            // after its partitions moved.
+            _ if chunk % 4 == 1 => {
+                sinks[victim].signal("STOP");
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                sinks[victim].signal("CONT");
+                zombies += 1;
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(500 + rand(2_500))).await;
+                sinks[victim].kill();
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(rand(1_000))).await;
+                start(&mut sinks[victim], &env);
+            }
+        }
+        for sink in &mut sinks {
+            // A call that failed on every retry stops a member; restart it
+            // as an orchestrator would.
+            if !sink.is_running() {
+                sink.wait_exit(Duration::from_secs(5));
+                start(sink, &env);
+            }
+        }
+    }
+    let target = ends(&produced, PARTITIONS);
+    support::wait_until(
+        "the group to commit everything",
+        Duration::from_secs(300),
+        || {
+            for sink in &mut sinks {
+                if !sink.is_running() {
+                    sink.wait_exit(Duration::from_secs(5));
+                    start(sink, &env);
+                }
+            }
+            support::committed_on(&brokers, &group, &topic, PARTITIONS) == target
+        },
+    );
+    // Faults off for the final checkpoints: a stopping member gives up on
+    // notifications that keep failing, and its successor re-sends them.
+    proxy.set_enabled(false);
+    for sink in &mut sinks {
+        assert!(sink.stop().success(), "{}", sink.logs());
+    }
+    drop(broker);
+    // Every kind of fault met the protocol's steps (each step meets each
+    // kind in the streamed-files test above).
+    let injected = proxy.injected();
+    for fault in Fault::ALL {
+        assert!(
+            injected.keys().any(|(_, f)| *f == fault),
+            "{fault:?} never injected: {injected:?}"
+        );
+    }
+    for op in [
+        Op::ManifestPut,
+        Op::MarkerPut,
+        Op::Copy,
+        Op::SendMessageBatch,
+    ] {
+        assert!(
+            injected.keys().filter(|(o, _)| *o == op).count() >= 2,
+            "{op:?} met too few faults: {injected:?}"
+        );
+    }
+
+    let read = support::read_back_committed(&storage, Some(&queue));
+    check_exactly_once(&read, &produced, &sample);
+    check_published_and_announced(&read);
+    check_live_prefix(&storage, &read, &produced);
+    println!(
+        "chaos behind the fault proxy: {} events, {kills} SIGKILLs, {zombies} zombies, 1 broker restart, \
+         {} faults injected over {} calls ({:?}), {} manifests, {} messages",
+        produced.len(),
+        injected.values().sum::<u64>(),
+        proxy.seen().values().sum::<u64>(),
+        proxy.seen(),
+        read["manifests"].as_array().unwrap().len(),
+        read["messages"].as_array().unwrap().len(),
+    );
+}
