@@ -5,72 +5,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use sluice::sample::{self, Produced};
 
 use crate::support::{
     self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, check_published_and_announced,
     decode_key, ends, reference_sample,
 };
-
-struct Fixture {
-    topic: String,
-    queue: String,
-    storage: String,
-    partitions: i32,
-}
-
-async fn fixture(partitions: i32) -> Fixture {
-    let topic = support::unique("orders");
-    let bucket = support::unique("sluice-eo");
-    support::create_bucket(&bucket).await;
-    let queue = support::create_queue(&support::unique("files")).await;
-    sample::ensure_topic(&support::brokers(), &topic, partitions)
-        .await
-        .unwrap();
-    let storage = format!("s3://{bucket}/raw");
-    Fixture {
-        topic,
-        queue,
-        storage,
-        partitions,
-    }
-}
-
-impl Fixture {
-    fn sink(&self, interval: &str) -> Sink {
-        Sink::with_extra(
-            SinkSpec {
-                topic: &self.topic,
-                storage_url: &self.storage,
-                queue_url: Some(&self.queue),
-                interval,
-            },
-            FAST_GROUP,
-        )
-    }
-
-    async fn produce(&self, seqs: std::ops::Range<u64>) -> Vec<Produced> {
-        sample::produce(
-            &support::brokers(),
-            &self.topic,
-            self.partitions,
-            &reference_sample(),
-            seqs,
-        )
-        .await
-        .unwrap()
-    }
-
-    fn read(&self) -> Value {
-        support::read_back_committed(&self.storage, Some(&self.queue))
-    }
-}
-
-/// What the store holds now, without draining the queue.
-fn peek(f: &Fixture) -> Value {
-    support::read_back_committed(&f.storage, None)
-}
 
 #[cfg(feature = "failpoints")]
 mod crash_points {
@@ -83,7 +23,7 @@ mod crash_points {
     /// Crashes (abort, as SIGKILL would) at `point` during the first checkpoint
     /// that reaches it, restarts, and checks the outcome.
     pub(super) async fn crash_at(point: &str) {
-        let f = super::fixture(2).await;
+        let f = crate::support::fixture(2).await;
         let produced = f.produce(0..6_000).await;
         let mut sink = f.sink("1s");
         sink.start_with_env(&[("SLUICE_FAILPOINT", &format!("{point}:1"))]);
@@ -125,7 +65,7 @@ mod crash_points {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn staged_mode_live_prefix_only_holds_committed_files() {
         let staged = ("SLUICE_STORAGE__BUCKET_NOTIFICATIONS", "true");
-        let f = super::fixture(2).await;
+        let f = crate::support::fixture(2).await;
         let produced = f.produce(0..4_000).await;
         let mut sink = f.sink("1s");
         sink.start_with_env(&[staged, ("SLUICE_FAILPOINT", "after_upload:1")]);
@@ -218,7 +158,7 @@ mod crash_points {
     pub(super) async fn crash_twice(mode: Mode) {
         let sample = reference_sample();
         let streamed = matches!(mode, Mode::Streamed);
-        let f = super::fixture(if streamed { 1 } else { 2 }).await;
+        let f = crate::support::fixture(if streamed { 1 } else { 2 }).await;
         let (batches, interval) = if streamed {
             // 100 kB records in one folder, uncompressed: each checkpoint's
             // file (10 MB) passes the 5 MiB part size and streams.
@@ -271,7 +211,7 @@ mod crash_points {
             "{}",
             sink.logs()
         );
-        let first = super::peek(&f);
+        let first = f.peek();
         let (unmarked, _) = unmarked_and_last(&first);
         assert_eq!(unmarked.len(), 1, "one commit left unannounced: {first}");
         let m1 = unmarked[0].clone();
@@ -300,7 +240,7 @@ mod crash_points {
             "{}",
             sink.logs()
         );
-        let second = super::peek(&f);
+        let second = f.peek();
         let (unmarked, last) = unmarked_and_last(&second);
         assert!(
             !unmarked.contains(&m1),
@@ -383,7 +323,7 @@ mod crash_points {
 async fn chaos_two_processes_sigkilled_and_restarted() {
     const EVENTS: u64 = 200_000;
     const KILLS: usize = 20;
-    let f = fixture(6).await;
+    let f = crate::support::fixture(6).await;
     let mut sinks = [f.sink("1s"), f.sink("1s")];
     // Same group for both.
     let group = sinks[0].group.clone();
@@ -411,13 +351,7 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
             all
         })
     };
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut rand = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rand = support::random(0x2545_F491_4F6C_DD1Du64);
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(1000 + rand(3000))).await;
         let victim = rand(2) as usize;
@@ -454,7 +388,7 @@ async fn chaos_two_processes_sigkilled_and_restarted() {
 /// resumes and tries to commit what it buffered, the fence rejects it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_is_fenced_after_its_partitions_moved() {
-    let f = fixture(2).await;
+    let f = crate::support::fixture(2).await;
     // A long interval: the zombie holds rows when it is paused.
     let mut zombie = f.sink("8s");
     let mut successor = f.sink("1s");
@@ -537,7 +471,7 @@ fn gc(config: &std::path::Path, delete: bool) -> String {
 /// and never touches committed files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_lists_and_deletes_orphans_only() {
-    let f = fixture(1).await;
+    let f = crate::support::fixture(1).await;
     let produced = f.produce(0..500).await;
     let mut sink = f.sink("1s");
     sink.start();
@@ -579,7 +513,7 @@ async fn gc_lists_and_deletes_orphans_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
     const RECORDS: u64 = 1100;
-    let f = fixture(1).await;
+    let f = crate::support::fixture(1).await;
     let sample = reference_sample();
     let mut produced = support::produce_padded(&f.topic, &sample, 0..RECORDS, 100_000).await;
     // One folder and no compression: one file of ~105 MiB per checkpoint,

@@ -79,16 +79,9 @@ fn check_live_prefix(storage: &str, read: &Value, produced: &[Produced]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_files_survive_every_store_and_queue_fault() {
     const RECORDS: u64 = 600;
-    let topic = support::unique("orders");
-    let bucket = support::unique("sluice-faults");
-    support::create_bucket(&bucket).await;
-    let queue = support::create_queue(&support::unique("files")).await;
-    sample::ensure_topic(&support::brokers(), &topic, 1)
-        .await
-        .unwrap();
+    let f = support::fixture(1).await;
     let sample = reference_sample();
-    let produced = support::produce_padded(&topic, &sample, 0..RECORDS, 100_000).await;
-    let storage = format!("s3://{bucket}/raw");
+    let produced = support::produce_padded(&f.topic, &sample, 0..RECORDS, 100_000).await;
     // Uncompressed 100 kB records in one folder, files closed at 6 MiB: about
     // ten streamed files, each a 5 MiB part and a tail; with every other
     // call failing, each operation meets each of its faults.
@@ -98,9 +91,9 @@ async fn streamed_files_survive_every_store_and_queue_fault() {
     );
     let mut sink = Sink::with_extra(
         SinkSpec {
-            topic: &topic,
-            storage_url: &storage,
-            queue_url: Some(&queue),
+            topic: &f.topic,
+            storage_url: &f.storage,
+            queue_url: Some(&f.queue),
             interval: "5s",
         },
         &extra,
@@ -109,7 +102,7 @@ async fn streamed_files_survive_every_store_and_queue_fault() {
     let env = through(&proxy);
     start(&mut sink, &env);
     let target = ends(&produced, 1);
-    let (group, t) = (sink.group.clone(), topic.clone());
+    let (group, t) = (sink.group.clone(), f.topic.clone());
     let mut restarts = 0;
     support::wait_until(
         "every record committed through the faults",
@@ -147,10 +140,10 @@ async fn streamed_files_survive_every_store_and_queue_fault() {
     );
     assert!(missing.is_empty(), "faults never injected: {missing:?}");
 
-    let read = support::read_back_committed(&storage, Some(&queue));
+    let read = f.read();
     check_exactly_once(&read, &produced, &sample);
     check_published_and_announced(&read);
-    check_live_prefix(&storage, &read, &produced);
+    check_live_prefix(&f.storage, &read, &produced);
     let streamed = read["manifests"]
         .as_array()
         .unwrap()
@@ -212,13 +205,7 @@ async fn chaos_faults_kills_zombies_and_a_broker_restart() {
 
     let sample = reference_sample();
     let mut produced = Vec::new();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rand = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut rand = support::random(0x9E37_79B9_7F4A_7C15u64);
     let (mut kills, mut zombies) = (0, 0);
     for chunk in 0..CHUNKS {
         let seqs = chunk * PER_CHUNK..(chunk + 1) * PER_CHUNK;

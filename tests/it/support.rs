@@ -91,6 +91,18 @@ pub async fn create_queue(name: &str) -> String {
     out.queue_url().unwrap().to_owned()
 }
 
+/// A repeatable stream of numbers below `n` (xorshift) for tests that
+/// pick victims and delays.
+pub fn random(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 /// Polls `check` until it returns true or `limit` passes.
 pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -129,6 +141,71 @@ pub fn committed_on(brokers: &str, group: &str, topic: &str, partitions: i32) ->
             },
         )
         .collect()
+}
+
+/// A topic on the shared broker, a bucket and a queue of a test's own.
+pub struct Fixture {
+    pub topic: String,
+    pub queue: String,
+    /// `s3://<bucket>/raw`.
+    pub storage: String,
+    pub partitions: i32,
+}
+
+/// Makes a fixture with a topic of `partitions` partitions.
+pub async fn fixture(partitions: i32) -> Fixture {
+    let topic = unique("orders");
+    let bucket = unique("sluice-eo");
+    create_bucket(&bucket).await;
+    let queue = create_queue(&unique("files")).await;
+    sluice::sample::ensure_topic(&brokers(), &topic, partitions)
+        .await
+        .unwrap();
+    let storage = format!("s3://{bucket}/raw");
+    Fixture {
+        topic,
+        queue,
+        storage,
+        partitions,
+    }
+}
+
+impl Fixture {
+    /// A sink of the fixture with group timeouts for tests that kill members.
+    pub fn sink(&self, interval: &str) -> Sink {
+        Sink::with_extra(
+            SinkSpec {
+                topic: &self.topic,
+                storage_url: &self.storage,
+                queue_url: Some(&self.queue),
+                interval,
+            },
+            FAST_GROUP,
+        )
+    }
+
+    /// Reference events `seqs` spread over the partitions.
+    pub async fn produce(&self, seqs: std::ops::Range<u64>) -> Vec<Produced> {
+        sluice::sample::produce(
+            &brokers(),
+            &self.topic,
+            self.partitions,
+            &reference_sample(),
+            seqs,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// What loaders may see, the queue drained.
+    pub fn read(&self) -> Value {
+        read_back_committed(&self.storage, Some(&self.queue))
+    }
+
+    /// What the store holds now, without draining the queue.
+    pub fn peek(&self) -> Value {
+        read_back_committed(&self.storage, None)
+    }
 }
 
 /// One sink configuration and the sluice processes run with it.
@@ -731,6 +808,17 @@ pub fn producer() -> FutureProducer {
 
 pub type Headers<'a> = Vec<(&'a str, &'a [u8])>;
 
+fn kafka_headers(headers: &[(&str, &[u8])]) -> OwnedHeaders {
+    headers
+        .iter()
+        .fold(OwnedHeaders::new(), |owned, (key, value)| {
+            owned.insert(Header {
+                key,
+                value: Some(*value),
+            })
+        })
+}
+
 /// Produces one record to partition 0 of `topic`.
 pub async fn send_raw(
     producer: &FutureProducer,
@@ -738,17 +826,10 @@ pub async fn send_raw(
     payload: &[u8],
     headers: &[(&str, &[u8])],
 ) {
-    let mut owned = OwnedHeaders::new();
-    for (key, value) in headers {
-        owned = owned.insert(Header {
-            key,
-            value: Some(*value),
-        });
-    }
     let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
         .partition(0)
         .payload(payload)
-        .headers(owned);
+        .headers(kafka_headers(headers));
     producer
         .send(record, Duration::from_secs(10))
         .await
@@ -763,15 +844,10 @@ pub async fn send_tombstone(
     key: &[u8],
     headers: &[(&str, &[u8])],
 ) {
-    let mut owned = OwnedHeaders::new();
-    for (name, value) in headers {
-        owned = owned.insert(Header {
-            key: name,
-            value: Some(*value),
-        });
-    }
-    let record: FutureRecord<'_, [u8], [u8]> =
-        FutureRecord::to(topic).partition(0).key(key).headers(owned);
+    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .partition(0)
+        .key(key)
+        .headers(kafka_headers(headers));
     producer
         .send(record, Duration::from_secs(10))
         .await
