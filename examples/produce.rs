@@ -30,6 +30,10 @@ struct Args {
     /// 2026-01-01T00:00Z, which makes runs reproducible).
     #[arg(long)]
     now: bool,
+    /// Produce nothing when the topic already holds `count` records or
+    /// more (benchmarks reuse a topic).
+    #[arg(long)]
+    if_missing: bool,
 }
 
 #[tokio::main]
@@ -42,6 +46,13 @@ async fn main() -> anyhow::Result<()> {
         sample = sample.with_base_micros(chrono::Utc::now().timestamp_micros());
     }
     sample::ensure_topic(&args.brokers, &args.topic, args.partitions).await?;
+    if args.if_missing {
+        let held = sample::records_in(&args.brokers, &args.topic)?;
+        if held >= args.count as i64 {
+            println!("{} already holds {held} events", args.topic);
+            return Ok(());
+        }
+    }
     let started = std::time::Instant::now();
     let produced = sample::produce(
         &args.brokers,

@@ -9,6 +9,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -198,6 +199,22 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
         }
     }
     Ok(())
+}
+
+/// How many records `topic` holds, over all its partitions (high minus low
+/// watermark).
+pub fn records_in(brokers: &str, topic: &str) -> Result<i64, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let timeout = std::time::Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut held = 0;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        held += high - low;
+    }
+    Ok(held)
 }
 
 /// Produces events `seqs` (as CloudEvents, round-robin over `partitions`)

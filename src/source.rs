@@ -252,6 +252,10 @@ impl ClientContext for SourceContext {
     }
 }
 
+/// How long the client waits to fetch again for a partition whose local
+/// queue is full (unless set otherwise).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// How often the client reports statistics (unless set otherwise).
 const STATISTICS_INTERVAL_MS: &str = "1000";
 
@@ -300,6 +304,12 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, kafka_bytes: u64) -> 
         (half / 1024).max(1024).to_string(),
     );
     config.set("fetch.max.bytes", half.max(1 << 20).to_string());
+    // When the local queue reaches its bound (always, for a consumer slower
+    // than the fetcher), librdkafka stops fetching that partition for this
+    // long; its default, 1 s, lets the queue run dry and the consumer idle
+    // (measured: 178 k vs 1.09 M records/s for a consumer touching every
+    // header). A short backoff keeps the queue fed within the same bound.
+    config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -445,5 +455,6 @@ mod tests {
         assert_eq!(config.get("fetch.max.bytes"), Some("1000000"));
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("32768"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
     }
 }
