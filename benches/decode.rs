@@ -76,7 +76,7 @@ fn benches(c: &mut Criterion) {
             let mut buffers = Buffers::new(
                 descriptor.clone(),
                 plan.clone(),
-                sluice::writer::properties(&Default::default(), &sluice::buffer::UNIQUE_COLUMNS),
+                &Default::default(),
                 Vec::new(),
             );
             for (i, (payload, headers)) in input.payloads.iter().zip(&input.headers).enumerate() {

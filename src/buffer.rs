@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::file::properties::WriterProperties;
 use prost_reflect::MessageDescriptor;
 
+use crate::config::ParquetConfig;
 use crate::envelope::{Encoding, Envelope};
 use crate::layout;
 use crate::partitioning::Partitioning;
@@ -242,7 +243,9 @@ impl serde::Serialize for Extensions<'_> {
 pub struct Buffers {
     plan: Arc<MessagePlan>,
     schema: SchemaRef,
+    /// Writer settings for files of `schema`, from `parquet`.
     properties: WriterProperties,
+    parquet: ParquetConfig,
     decoder: Decoder,
     /// The payload message, for JSON payloads (converted to Protobuf first).
     descriptor: MessageDescriptor,
@@ -294,16 +297,19 @@ struct OpenFile {
 
 impl Buffers {
     /// `metadata` goes into every file's footer (event, topic, version).
+    /// Files of `plan`'s rows written with `parquet`'s settings.
     pub fn new(
         descriptor: MessageDescriptor,
         plan: Arc<MessagePlan>,
-        properties: WriterProperties,
+        parquet: &ParquetConfig,
         metadata: Vec<(&'static str, String)>,
     ) -> Buffers {
+        let schema = table_schema(&plan);
         Buffers {
-            schema: table_schema(&plan),
+            properties: crate::writer::properties(parquet, &schema, &UNIQUE_COLUMNS),
+            parquet: parquet.clone(),
+            schema,
             plan,
-            properties,
             decoder: Decoder::new(),
             descriptor,
             json_scratch: Vec::new(),
@@ -371,6 +377,8 @@ impl Buffers {
         self.rolled.extend(closed);
         self.buffered_bytes = self.rolled.iter().map(|f| f.body.held()).sum();
         self.schema = table_schema(&plan);
+        // New columns get their own dictionary settings.
+        self.properties = crate::writer::properties(&self.parquet, &self.schema, &UNIQUE_COLUMNS);
         self.plan = plan;
         self.descriptor = descriptor;
         self.schema_id = Some(schema_id);
@@ -733,12 +741,7 @@ mod tests {
         let descriptor = registry.message("sluice.examples.OrderPlaced").unwrap();
         let sample = OrderSample::new(&descriptor).unwrap();
         let plan = Arc::new(MessagePlan::new(&descriptor, 3).unwrap());
-        let buffers = Buffers::new(
-            descriptor,
-            plan,
-            crate::writer::properties(&Default::default(), &UNIQUE_COLUMNS),
-            vec![],
-        );
+        let buffers = Buffers::new(descriptor, plan, &ParquetConfig::default(), vec![]);
         (buffers, sample)
     }
 

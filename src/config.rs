@@ -225,15 +225,16 @@ impl Default for FilesConfig {
     }
 }
 
-/// Parquet encoding. Defaults favour warehouse loading: zstd level 3,
-/// dictionaries (off for near-unique columns), chunk statistics, format 1.0
-/// pages that every reader takes.
+/// Parquet encoding. Defaults favour warehouse loading and measured speed
+/// (DESIGN.md, Parquet settings): zstd level 1, dictionaries on string,
+/// binary and enum columns, chunk statistics, format 1.0 pages that every
+/// reader takes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetConfig {
     #[serde(default)]
     pub compression: Codec,
-    /// zstd 1–22 (3 when unset), gzip 0–9 (6 when unset); other codecs
+    /// zstd 1–22 (1 when unset), gzip 0–9 (6 when unset); other codecs
     /// take no level.
     #[serde(default, deserialize_with = "de::opt_u64")]
     pub compression_level: Option<u64>,
@@ -246,10 +247,13 @@ pub struct ParquetConfig {
         deserialize_with = "de::byte_size"
     )]
     pub data_page_bytes: u64,
-    /// Dictionary encoding (always off for `_event_id`, `_event_time`,
-    /// `_kafka_offset`, `_kafka_timestamp`).
-    #[serde(default = "default_true", deserialize_with = "de::bool")]
-    pub dictionary: bool,
+    /// Dictionary encoding: `auto` (default) on byte-array columns (strings,
+    /// enum names, bytes), where values repeat and a dictionary pays, and
+    /// off for numbers, booleans and times, which the codec compresses
+    /// better plain; `true` on every column; `false` on none. Always off for
+    /// `_event_id`, `_event_time`, `_kafka_offset`, `_kafka_timestamp`.
+    #[serde(default, deserialize_with = "de::dictionary")]
+    pub dictionary: Dictionary,
     #[serde(default)]
     pub statistics: Statistics,
     /// Top-level columns that get a bloom filter.
@@ -267,10 +271,6 @@ fn default_data_page_bytes() -> u64 {
     1024 * 1024
 }
 
-fn default_true() -> bool {
-    true
-}
-
 impl Default for ParquetConfig {
     fn default() -> Self {
         Self {
@@ -278,12 +278,25 @@ impl Default for ParquetConfig {
             compression_level: None,
             row_group_rows: default_row_group_rows(),
             data_page_bytes: default_data_page_bytes(),
-            dictionary: true,
+            dictionary: Dictionary::Auto,
             statistics: Statistics::default(),
             bloom_filters: Vec::new(),
             writer_version: ParquetVersion::default(),
         }
     }
+}
+
+/// Which columns get dictionary encoding (`parquet.dictionary`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dictionary {
+    /// String, binary and enum columns.
+    #[default]
+    Auto,
+    /// Every column (`true`).
+    All,
+    /// None (`false`).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -857,6 +870,26 @@ mod de {
 
     pub(super) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         opt_bool(d).map(|b| b.unwrap_or(false))
+    }
+
+    /// `auto`, or a boolean (also as text, from the environment).
+    pub(super) fn dictionary<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<super::Dictionary, D::Error> {
+        use super::Dictionary;
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Dictionary::All),
+            Raw::Bool(false) => Ok(Dictionary::None),
+            Raw::Str(s) => match s.trim() {
+                "auto" => Ok(Dictionary::Auto),
+                "true" | "all" => Ok(Dictionary::All),
+                "false" | "none" => Ok(Dictionary::None),
+                other => Err(D::Error::custom(format!(
+                    "expected `auto`, `true` or `false`, got {other:?}"
+                ))),
+            },
+            Raw::Int(_) => Err(D::Error::custom("expected `auto`, `true` or `false`")),
+        }
     }
 
     pub(super) fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

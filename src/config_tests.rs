@@ -201,7 +201,24 @@ fn registry_subject_and_version() {
 fn parquet_and_files_sections() {
     let defaults = parse(MINIMAL, &[]).unwrap();
     assert_eq!(defaults.parquet.compression, Codec::Zstd);
+    assert_eq!(defaults.parquet.dictionary, Dictionary::Auto);
     assert_eq!(defaults.files.max_bytes, 128 * 1024 * 1024);
+    for (value, env, expected) in [
+        ("true", None, Dictionary::All),
+        ("false", None, Dictionary::None),
+        ("\"auto\"", None, Dictionary::Auto),
+        ("true", Some("false"), Dictionary::None),
+    ] {
+        let text = format!("{MINIMAL}\n[parquet]\ndictionary = {value}\n");
+        let env: Vec<(&str, &str)> = env
+            .map(|v| vec![("SLUICE_PARQUET__DICTIONARY", v)])
+            .unwrap_or_default();
+        assert_eq!(
+            parse(&text, &env).unwrap().parquet.dictionary,
+            expected,
+            "{value}"
+        );
+    }
     let tuned = format!(
         "{MINIMAL}\n[parquet]\ncompression = \"gzip\"\ncompression_level = 9\n\
          bloom_filters = [\"order_id\"]\nwriter_version = \"2.0\"\nstatistics = \"page\"\n\
@@ -235,6 +252,11 @@ fn parquet_and_files_sections() {
         ),
         ("writer_version = \"3\"", "parquet.writer_version", "1.0"),
         ("row_group_rows = 0", "parquet.row_group_rows", "at least 1"),
+        (
+            "dictionary = \"some\"",
+            "parquet.dictionary",
+            "expected `auto`, `true` or `false`",
+        ),
     ];
     for (body, key, expected) in cases {
         let e = error(&format!("{MINIMAL}\n[parquet]\n{body}\n"), &[]);

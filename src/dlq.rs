@@ -312,7 +312,8 @@ mod tests {
 
     #[test]
     fn dead_letters_keep_the_whole_record() {
-        let mut dlq = DeadLetters::new(crate::writer::properties(&Default::default(), &[]), vec![]);
+        let properties = crate::writer::properties(&Default::default(), &schema(), &[]);
+        let mut dlq = DeadLetters::new(properties, vec![]);
         let headers: [(&str, Option<&[u8]>); 2] = [("ce_id", Some(b"x")), ("content-type", None)];
         dlq.push(&DeadLetter {
             partition: 3,

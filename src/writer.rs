@@ -6,28 +6,43 @@
 //! writer settings; it never uploads.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use arrow::datatypes::{Schema, SchemaRef};
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
+use parquet::basic::{Compression, GzipLevel, Type as PhysicalType, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
-use crate::config::{Codec, ParquetConfig, ParquetVersion, Statistics};
+use crate::config::{Codec, Dictionary, ParquetConfig, ParquetVersion, Statistics};
 
-const ZSTD_LEVEL: u64 = 3;
+/// zstd 1 writes files as small as level 3 for this kind of data with the
+/// dictionary policy below, in less time (`cargo bench --bench encode`).
+const ZSTD_LEVEL: u64 = 1;
 const GZIP_LEVEL: u64 = 6;
+
+/// A dictionary that grows past this falls back to plain encoding: values
+/// that rarely repeat stop being hashed early, values that do repeat stay
+/// far below it.
+const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode Parquet: {0}")]
 pub struct WriteError(#[from] ParquetError);
 
-/// Writer settings from the sink's `[parquet]` section (validated there).
-/// Dictionary encoding is always off for `unique_columns`, whose values
-/// (ids, offsets, times) rarely repeat: a dictionary there costs a hash per
-/// value and falls back to plain encoding anyway.
-pub fn properties(config: &ParquetConfig, unique_columns: &[&str]) -> WriterProperties {
+/// Writer settings from the sink's `[parquet]` section (validated there)
+/// for files of `schema`. Dictionary encoding is always off for
+/// `unique_columns`, whose values (ids, offsets, times) rarely repeat: a
+/// dictionary there costs a hash per value and falls back to plain
+/// encoding anyway. With [`Dictionary::Auto`] it is on for byte-array
+/// columns only: repeated strings (cities, currencies, enum names) shrink
+/// to small indexes, while numbers and times compress as well or better
+/// plain and skip the hashing.
+pub fn properties(
+    config: &ParquetConfig,
+    schema: &Schema,
+    unique_columns: &[&str],
+) -> WriterProperties {
     let level = |default| u32::try_from(config.compression_level.unwrap_or(default)).unwrap_or(0);
     let compression = match config.compression {
         Codec::Zstd => Compression::ZSTD(
@@ -46,13 +61,25 @@ pub fn properties(config: &ParquetConfig, unique_columns: &[&str]) -> WriterProp
         .set_compression(compression)
         .set_max_row_group_row_count(Some(config.row_group_rows))
         .set_data_page_size_limit(usize::try_from(config.data_page_bytes).unwrap_or(usize::MAX))
-        .set_dictionary_enabled(config.dictionary)
+        .set_dictionary_enabled(config.dictionary == Dictionary::All)
         .set_statistics_enabled(match config.statistics {
             Statistics::None => EnabledStatistics::None,
             Statistics::Chunk => EnabledStatistics::Chunk,
             Statistics::Page => EnabledStatistics::Page,
         })
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .set_created_by(format!("sluice version {}", env!("CARGO_PKG_VERSION")));
+    if config.dictionary == Dictionary::Auto
+        && let Ok(leaves) = ArrowSchemaConverter::new().convert(schema)
+    {
+        for leaf in leaves.columns() {
+            let byte_array = matches!(
+                leaf.physical_type(),
+                PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY
+            );
+            builder = builder.set_column_dictionary_enabled(leaf.path().clone(), byte_array);
+        }
+    }
     for column in unique_columns {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), false);
     }
@@ -144,7 +171,8 @@ mod tests {
             compression: Codec::None,
             ..ParquetConfig::default()
         };
-        let mut writer = FileWriter::new(schema.clone(), properties(&config, &[])).unwrap();
+        let mut writer =
+            FileWriter::new(schema.clone(), properties(&config, &schema, &[])).unwrap();
         let mut file = Vec::new();
         for chunk in 0..20i64 {
             let values =
@@ -190,7 +218,7 @@ mod tests {
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap();
         let mut writer = FileWriter::new(
             schema.clone(),
-            properties(&ParquetConfig::default(), &["d"]),
+            properties(&ParquetConfig::default(), &schema, &["d"]),
         )
         .unwrap();
         writer.write(&batch).unwrap();

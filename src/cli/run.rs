@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use prost_reflect::MessageDescriptor;
 use tracing::info;
 
-use crate::buffer::{self, Buffers, FileLimits};
+use crate::buffer::{Buffers, FileLimits};
 use crate::commit::{self, Committer};
 use crate::config::{Config, ParquetConfig, SchemaSource};
-use crate::dlq::DeadLetters;
+use crate::dlq::{self, DeadLetters};
 use crate::framing::Framing;
 use crate::health::{self, Health};
 use crate::layout::{self, PathTemplate};
@@ -143,22 +143,19 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         bloom_filters: Vec::new(),
         ..config.parquet.clone()
     };
-    let dead_letters =
-        DeadLetters::new(writer::properties(&letters_parquet, &[]), metadata.clone());
-    let buffers = Buffers::new(
-        descriptor,
-        plan,
-        writer::properties(&config.parquet, &buffer::UNIQUE_COLUMNS),
-        metadata,
-    )
-    .with_schema_id(schema_id)
-    .with_partitioning(partitioning)
-    .with_limits(FileLimits {
-        max_rows: config.files.max_rows,
-        max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
-        row_group_bytes: streaming.row_group_bytes,
-        part_bytes: store.multipart().then_some(streaming.part_bytes),
-    });
+    let dead_letters = DeadLetters::new(
+        writer::properties(&letters_parquet, &dlq::schema(), &[]),
+        metadata.clone(),
+    );
+    let buffers = Buffers::new(descriptor, plan, &config.parquet, metadata)
+        .with_schema_id(schema_id)
+        .with_partitioning(partitioning)
+        .with_limits(FileLimits {
+            max_rows: config.files.max_rows,
+            max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
+            row_group_bytes: streaming.row_group_bytes,
+            part_bytes: store.multipart().then_some(streaming.part_bytes),
+        });
     for column in &config.parquet.bloom_filters {
         if buffers.schema().field_with_name(column).is_err() {
             let columns: Vec<&str> = buffers

@@ -19,12 +19,7 @@ fn write_one(message: &str, payload: &[u8], dir: &std::path::Path) -> std::path:
     let registry = LocalRegistry::open(&support::schemas_dir()).unwrap();
     let descriptor = registry.message(message).unwrap();
     let plan = Arc::new(MessagePlan::new(&descriptor, 3).unwrap());
-    let mut buffers = Buffers::new(
-        descriptor,
-        plan,
-        sluice::writer::properties(&Default::default(), &[]),
-        vec![],
-    );
+    let mut buffers = Buffers::new(descriptor, plan, &Default::default(), vec![]);
     let envelope = Envelope {
         id: Some("id-1"),
         source: None,

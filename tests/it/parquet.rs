@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice::buffer::{Buffers, Record, UNIQUE_COLUMNS};
-use sluice::config::{Codec, ParquetConfig, ParquetVersion, Statistics};
+use sluice::buffer::{Buffers, Record};
+use sluice::config::{Codec, Dictionary, ParquetConfig, ParquetVersion, Statistics};
 use sluice::envelope::Envelope;
 use sluice::schema::{LocalRegistry, MessagePlan};
 
@@ -34,7 +34,12 @@ fn pyarrow_reads_every_codec_and_option_combination() {
     ];
     let mut expected = HashMap::new();
     for (codec, level, codec_name) in codecs {
-        for dictionary in [true, false] {
+        // Which of a string column and a number column get a dictionary.
+        for (dictionary, on_strings, on_numbers) in [
+            (Dictionary::Auto, true, false),
+            (Dictionary::All, true, true),
+            (Dictionary::None, false, false),
+        ] {
             for statistics in [Statistics::None, Statistics::Chunk, Statistics::Page] {
                 for version in [ParquetVersion::V1, ParquetVersion::V2] {
                     let config = ParquetConfig {
@@ -44,7 +49,7 @@ fn pyarrow_reads_every_codec_and_option_combination() {
                         data_page_bytes: 4096,
                         dictionary,
                         statistics,
-                        bloom_filters: if dictionary {
+                        bloom_filters: if on_strings {
                             vec!["order_id".into()]
                         } else {
                             vec![]
@@ -52,15 +57,11 @@ fn pyarrow_reads_every_codec_and_option_combination() {
                         writer_version: version,
                     };
                     let name = format!(
-                        "{}-{level:?}-{dictionary}-{statistics:?}-{version:?}.parquet",
+                        "{}-{level:?}-{dictionary:?}-{statistics:?}-{version:?}.parquet",
                         codec.name()
                     );
-                    let mut buffers = Buffers::new(
-                        descriptor.clone(),
-                        plan.clone(),
-                        sluice::writer::properties(&config, &UNIQUE_COLUMNS),
-                        vec![],
-                    );
+                    let mut buffers =
+                        Buffers::new(descriptor.clone(), plan.clone(), &config, vec![]);
                     for seq in 0..ROWS {
                         let headers = sample.headers(seq);
                         let envelope = Envelope::parse(
@@ -102,9 +103,10 @@ fn pyarrow_reads_every_codec_and_option_combination() {
                                 ParquetVersion::V2 => "2.6",
                             },
                             "statistics": statistics != Statistics::None,
-                            "dictionary": dictionary,
+                            "dictionary": on_strings,
+                            "number_dictionary": on_numbers,
                             "page_index": statistics == Statistics::Page,
-                            "bloom": dictionary,
+                            "bloom": on_strings,
                             "total_cents": expected_cents,
                         }),
                     );

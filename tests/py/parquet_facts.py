@@ -1,5 +1,6 @@
 """What pyarrow sees in each Parquet file of a directory, as JSON: rows,
-row groups, the codec, format version, statistics, dictionary pages, page
+row groups, the codec, format version, statistics, dictionary pages (of a
+string and of a number column), page
 index and bloom filter of a few columns, and the sum of total_cents read
 back through the data.
 
@@ -34,6 +35,7 @@ def main():
             "format_version": meta.format_version,
             "statistics": column(meta, "customer_id").is_stats_set,
             "dictionary": column(meta, "city").has_dictionary_page,
+            "number_dictionary": column(meta, "customer_id").has_dictionary_page,
             "page_index": column(meta, "customer_id").has_column_index,
             "bloom": column(meta, "order_id").bloom_filter_offset is not None,
             "total_cents": pc.sum(table.column("total_cents")).as_py(),

@@ -1,0 +1,118 @@
+//! Writer settings on the reference event: envelope → decode → Arrow →
+//! Parquet for each codec × level × dictionary policy, reporting records/s
+//! (criterion) **and** bytes per row of output (printed once per setting),
+//! so the size a setting costs sits next to its speed. DESIGN.md
+//! ("Performance") has the figures and the defaults chosen from them.
+//!
+//! cargo bench --bench encode [-- <filter>]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::buffer::{Buffers, Record};
+use sluice::config::{Codec, Dictionary, ParquetConfig};
+use sluice::envelope::Envelope;
+use sluice::sample::OrderSample;
+use sluice::schema::{LocalRegistry, MessagePlan};
+
+const EVENTS: usize = 100_000;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn config(codec: Codec, level: Option<u64>, dictionary: Dictionary) -> ParquetConfig {
+    ParquetConfig {
+        compression: codec,
+        compression_level: level,
+        dictionary,
+        ..ParquetConfig::default()
+    }
+}
+
+struct Input {
+    payloads: Vec<Vec<u8>>,
+    headers: Vec<Vec<(&'static str, Vec<u8>)>>,
+}
+
+/// Runs the events through fresh buffers; returns bytes of output.
+fn write_all(
+    input: &Input,
+    descriptor: &prost_reflect::MessageDescriptor,
+    plan: &Arc<MessagePlan>,
+    parquet: &ParquetConfig,
+) -> u64 {
+    let mut buffers = Buffers::new(descriptor.clone(), plan.clone(), parquet, Vec::new());
+    for (i, (payload, headers)) in input.payloads.iter().zip(&input.headers).enumerate() {
+        let envelope = Envelope::parse(
+            headers.iter().map(|(k, v)| (*k, Some(v.as_slice()))),
+            Some(1_767_225_600_000),
+            "baggage",
+        )
+        .expect("valid envelope");
+        let record = Record {
+            partition: 0,
+            offset: i as i64,
+            kafka_timestamp_ms: Some(1_767_225_600_000),
+            envelope,
+            payload,
+            route: 0,
+        };
+        buffers.push(&record).expect("valid record");
+    }
+    let files = buffers.finish_all().expect("encode");
+    files.iter().map(|f| f.body.size()).sum()
+}
+
+fn benches(c: &mut Criterion) {
+    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+        .expect("schemas compile");
+    let descriptor = registry
+        .message("sluice.examples.OrderPlaced")
+        .expect("reference event");
+    let sample = OrderSample::new(&descriptor).expect("reference event");
+    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
+    let input = Input {
+        payloads: (0..EVENTS as u64).map(|s| sample.encode(s)).collect(),
+        headers: (0..EVENTS as u64)
+            .map(|s| {
+                sample
+                    .headers(s)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            })
+            .collect(),
+    };
+
+    let mut group = c.benchmark_group("writer_settings");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(10);
+    let codecs = [
+        ("zstd3", Codec::Zstd, Some(3)),
+        ("zstd1", Codec::Zstd, Some(1)),
+        ("lz4", Codec::Lz4, None),
+        ("snappy", Codec::Snappy, None),
+        ("none", Codec::None, None),
+    ];
+    let dictionaries = [
+        ("dict_auto", Dictionary::Auto),
+        ("dict_all", Dictionary::All),
+        ("dict_none", Dictionary::None),
+    ];
+    for (codec_name, codec, level) in codecs {
+        for (dict_name, dictionary) in dictionaries {
+            let name = format!("{codec_name}/{dict_name}");
+            let parquet = config(codec, level, dictionary);
+            let bytes = write_all(&input, &descriptor, &plan, &parquet);
+            eprintln!("{name}: {:.1} bytes per row", bytes as f64 / EVENTS as f64);
+            group.bench_function(&name, |b| {
+                b.iter(|| write_all(&input, &descriptor, &plan, &parquet))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(encode, benches);
+criterion_main!(encode);
