@@ -23,7 +23,12 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 export AWS_DEFAULT_REGION="$AWS_REGION"
 export SLUICE_PYTHON="$VENV/bin/python"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}"
+# Build output is cached too, one directory per checkout: cargo takes a
+# crate's sources as unchanged when their times are older than its last
+# build, even if that build was of another checkout.
+SLUICE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CHECKOUT_KEY="$(basename "$SLUICE_REPO")-$(printf %s "$SLUICE_REPO" | cksum | cut -d' ' -f1)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/targets/$CHECKOUT_KEY}"
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
 

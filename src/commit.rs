@@ -5,14 +5,16 @@
 //! N+1 is never created while manifest N lacks its `.notified` marker.
 //! Manifest N's files are published (copied to their live keys) and
 //! announced, and its marker written, first — in normal running and after
-//! recovery alike ([`Committer::checkpoint`] empties the [`Outbox`] before
-//! it commits anything). So at any moment at most the last manifest of a
+//! recovery alike ([`Committer::commit_sealed`] empties the partition's
+//! [`Outbox`] before it commits anything, and each partition's sealed
+//! checkpoints go through it one after the other, [`crate::chain`]). So at any moment at most the last manifest of a
 //! partition lacks its marker, and a successor that finishes it loses
 //! nothing. Recovery does not rely on that alone: on assignment every
 //! unmarked manifest of the partition is found, not only the last
 //! ([`crate::manifest::Manifests::recover`]), and finished in order.
 //!
-//! Order of a checkpoint, per partition:
+//! Order of a checkpoint, per partition (the uploads of checkpoint N+1 may
+//! run while N goes through steps 2–4):
 //! 0. finish the outbox: manifests committed earlier (by this process, or
 //!    found unmarked on assignment) whose marker is missing;
 //! 1. upload the data files (keys hold topic, partition, first and last
@@ -25,8 +27,8 @@
 //!    from its staged key to its live key; then send one notification per
 //!    file of the manifest;
 //! 4. write the manifest's `.notified` marker;
-//! 5. (the run loop) commit `to + 1` to Kafka — advice for lag dashboards,
-//!    never read back while a manifest exists.
+//! 5. (the run loop, asynchronously) commit `to + 1` to Kafka — advice for
+//!    lag dashboards, never read back while a manifest exists.
 //!
 //! Other invariants:
 //! - A record is committed iff a manifest's range holds it; ranges of a
@@ -80,6 +82,8 @@ pub enum CommitError {
     Upload(#[from] StoreError),
     #[error("manifest: {0}")]
     Manifest(#[from] ManifestError),
+    #[error("a commit task ended unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error(
         "stopping before {pending} notification(s) were accepted (they are re-sent on the next start): {source}"
     )]
@@ -106,7 +110,8 @@ pub struct Committer {
     pub staging: Option<String>,
     /// Where routed tenants' files go ([`crate::tenancy::Route::Prefix`]).
     pub tenancy: Tenancy,
-    pub concurrency: usize,
+    /// Files uploading at once, all partitions (`storage.upload_concurrency`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     pub telemetry: Telemetry,
     /// Set on shutdown: notification retries give up instead of waiting on.
     pub stopping: Arc<AtomicBool>,
@@ -148,6 +153,9 @@ pub enum PartitionOutcome {
     /// committed for it, the new owner reads the range again, and what was
     /// uploaded for it stays an orphan.
     Revoked,
+    /// Sealed before an earlier checkpoint of the partition was fenced:
+    /// dropped with the rest of that epoch's work, uploads left as orphans.
+    Dropped,
 }
 
 /// Committed manifests whose files are not yet published, announced and
@@ -198,69 +206,52 @@ impl Outbox {
 }
 
 impl Committer {
-    /// One checkpoint of the partitions in `sealed`, whose `files` were
-    /// closed: finish the outbox, upload, commit a manifest per partition,
-    /// finish the outbox again (publish, announce, mark). `revoked` tells
-    /// whether a partition was lost meanwhile (asked just before its
-    /// commit point).
-    pub async fn checkpoint(
+    /// Step 2 and what follows it, for one sealed checkpoint of one
+    /// partition whose files are `uploaded`: finish the outbox (manifests
+    /// committed earlier whose marker is missing), create the manifest —
+    /// unless the partition's `lease` was lost — and finish the outbox again
+    /// (publish, announce, mark).
+    pub async fn commit_sealed(
         &self,
-        files: Vec<FinishedFile>,
-        sealed: Vec<Sealed>,
+        sealed: Sealed,
+        uploaded: Vec<ManifestFile>,
         outbox: &mut Outbox,
-        revoked: impl Fn(i32) -> bool,
-    ) -> Result<Vec<(i32, PartitionOutcome)>, CommitError> {
-        // Manifests committed earlier come first: none of their partitions
-        // may get a newer manifest before they are announced.
+        lease: &AtomicBool,
+    ) -> Result<PartitionOutcome, CommitError> {
+        // Manifests committed earlier come first: the partition may not get
+        // a newer manifest before they are announced.
         self.finish(outbox).await?;
-        let uploaded = self.upload(files).await?;
-        failpoint::hit(failpoint::AFTER_UPLOAD);
-        let committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut outcomes = Vec::with_capacity(sealed.len());
-        for Sealed {
-            partition,
-            range,
-            skipped,
-        } in sealed
-        {
-            if revoked(partition) {
-                outcomes.push((partition, PartitionOutcome::Revoked));
-                continue;
-            }
-            let manifest = Manifest {
-                version: FORMAT_VERSION,
-                event: self.event.clone(),
-                topic: self.topic.clone(),
-                partition,
-                range,
-                files: uploaded
-                    .iter()
-                    .filter(|(p, _)| *p == partition)
-                    .map(|(_, f)| f.clone())
-                    .collect(),
-                skipped,
-                committed_at: committed_at.clone(),
-                writer: self.writer.clone(),
-            };
-            let outcome = match self.commit(&manifest, outbox).await? {
-                CommitOutcome::Committed => {
-                    failpoint::hit(failpoint::AFTER_MANIFEST);
-                    outbox.push(manifest.clone());
-                    PartitionOutcome::Committed(manifest)
-                }
-                CommitOutcome::Fenced {
-                    other_writer,
-                    other_to,
-                } => PartitionOutcome::Fenced {
-                    other_writer,
-                    other_to,
-                },
-            };
-            outcomes.push((partition, outcome));
+        if !lease.load(Ordering::SeqCst) {
+            return Ok(PartitionOutcome::Revoked);
         }
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            event: self.event.clone(),
+            topic: self.topic.clone(),
+            partition: sealed.partition,
+            range: sealed.range,
+            files: uploaded,
+            skipped: sealed.skipped,
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            writer: self.writer.clone(),
+        };
+        let outcome = match self.commit(&manifest, outbox).await? {
+            CommitOutcome::Committed => {
+                failpoint::hit(failpoint::AFTER_MANIFEST);
+                outbox.push(manifest.clone());
+                PartitionOutcome::Committed(manifest)
+            }
+            CommitOutcome::Fenced {
+                other_writer,
+                other_to,
+            } => PartitionOutcome::Fenced {
+                other_writer,
+                other_to,
+            },
+        };
         self.finish(outbox).await?;
         failpoint::hit(failpoint::AFTER_MARKERS);
-        Ok(outcomes)
+        Ok(outcome)
     }
 
     /// Publishes, announces and marks every manifest of the outbox, in
@@ -275,18 +266,22 @@ impl Committer {
         Ok(())
     }
 
-    /// Step 1: uploads every file, at most `concurrency` at a time.
-    async fn upload(
-        &self,
-        files: Vec<FinishedFile>,
-    ) -> Result<Vec<(i32, ManifestFile)>, CommitError> {
-        stream::iter(files.into_iter().map(|file| self.upload_one(file)))
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await
+    /// Step 1: uploads the files of one sealed checkpoint; at most
+    /// `upload_concurrency` files are uploading at once across all
+    /// partitions.
+    pub async fn upload(&self, files: Vec<FinishedFile>) -> Result<Vec<ManifestFile>, CommitError> {
+        let count = files.len().max(1);
+        stream::iter(files.into_iter().map(|file| async {
+            // The semaphore is never closed.
+            let _permit = self.uploads.acquire().await.ok();
+            self.upload_one(file).await
+        }))
+        .buffer_unordered(count)
+        .try_collect()
+        .await
     }
 
-    async fn upload_one(&self, file: FinishedFile) -> Result<(i32, ManifestFile), CommitError> {
+    async fn upload_one(&self, file: FinishedFile) -> Result<ManifestFile, CommitError> {
         let tenant = file
             .route
             .checked_sub(1)
@@ -342,23 +337,20 @@ impl Committer {
         };
         self.telemetry
             .file_uploaded(&key, file.rows, size, started.elapsed());
-        Ok((
-            file.partition,
-            ManifestFile {
-                key,
-                staged_key,
-                kind: file.kind,
-                tenant: tenant.map(|(t, _)| t.clone()),
-                rows: file.rows,
-                size,
-                e_tag,
-                first_offset: file.first_offset,
-                last_offset: file.last_offset,
-                min_event_time_micros: file.min_time_micros,
-                max_event_time_micros: file.max_time_micros,
-                schema_id: file.schema_id,
-            },
-        ))
+        Ok(ManifestFile {
+            key,
+            staged_key,
+            kind: file.kind,
+            tenant: tenant.map(|(t, _)| t.clone()),
+            rows: file.rows,
+            size,
+            e_tag,
+            first_offset: file.first_offset,
+            last_offset: file.last_offset,
+            min_event_time_micros: file.min_time_micros,
+            max_event_time_micros: file.max_time_micros,
+            schema_id: file.schema_id,
+        })
     }
 
     /// Step 2: the commit point for one partition.
@@ -502,7 +494,7 @@ pub fn notification(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -512,16 +504,69 @@ mod tests {
     use crate::notify::MemoryNotifier;
     use crate::store::{MemoryStore, ObjectMeta};
 
-    /// A memory store that remembers the keys of its puts, in order.
+    /// A memory store that remembers the keys of its puts, in order, and
+    /// holds back puts of keys containing a gated word until it is opened.
     #[derive(Debug, Default)]
-    struct Recording {
+    pub(crate) struct Recording {
         inner: MemoryStore,
-        puts: Mutex<Vec<String>>,
+        pub(crate) puts: Mutex<Vec<String>>,
+        gates: Mutex<Vec<(String, Arc<tokio::sync::Notify>)>>,
+        /// Puts of keys containing one of these words fail for good.
+        pub(crate) failing: Mutex<Vec<String>>,
+    }
+
+    impl Recording {
+        /// Puts of keys containing `word` wait until [`Recording::open`].
+        pub(crate) fn gate(&self, word: &str) {
+            let gate = (word.to_owned(), Arc::new(tokio::sync::Notify::new()));
+            self.gates.lock().unwrap().push(gate);
+        }
+
+        pub(crate) fn open(&self, word: &str) {
+            let mut gates = self.gates.lock().unwrap();
+            if let Some(i) = gates.iter().position(|(w, _)| w == word) {
+                gates.remove(i).1.notify_waiters();
+            }
+        }
     }
 
     #[async_trait]
     impl ObjectStore for Recording {
         async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String, StoreError> {
+            let gate = self
+                .gates
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(word, _)| key.contains(word.as_str()))
+                .map(|(_, gate)| gate.clone());
+            if let Some(gate) = gate {
+                let opened = gate.notified();
+                // Opened between the lookup and here: go on.
+                if self
+                    .gates
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(_, g)| Arc::ptr_eq(g, &gate))
+                {
+                    opened.await;
+                }
+            }
+            if self
+                .failing
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|w| key.contains(w.as_str()))
+            {
+                return Err(StoreError::Other {
+                    op: "put",
+                    key: key.to_owned(),
+                    message: "refused by the test".to_owned(),
+                    retryable: false,
+                });
+            }
             self.puts.lock().unwrap().push(key.to_owned());
             self.inner.put(key, body, mode).await
         }
@@ -542,7 +587,10 @@ mod tests {
         }
     }
 
-    fn committer(store: Arc<Recording>, notifier: Arc<MemoryNotifier>) -> Committer {
+    pub(crate) fn committer(
+        store: Arc<dyn ObjectStore>,
+        notifier: Arc<MemoryNotifier>,
+    ) -> Committer {
         let telemetry = Telemetry::new("e");
         Committer {
             manifests: Manifests::new(store.clone(), "p", "e", "t"),
@@ -561,13 +609,13 @@ mod tests {
             notifier,
             staging: None,
             tenancy: Tenancy::default(),
-            concurrency: 2,
+            uploads: Arc::new(tokio::sync::Semaphore::new(2)),
             telemetry,
             stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn manifest(from: i64, to: i64, file: &str) -> Manifest {
+    pub(crate) fn manifest(from: i64, to: i64, file: &str) -> Manifest {
         Manifest {
             version: FORMAT_VERSION,
             event: "e".into(),
@@ -616,13 +664,14 @@ mod tests {
             range: Range { from: 9, to: 20 },
             skipped: 11,
         };
-        let outcomes = committer
-            .checkpoint(Vec::new(), vec![sealed], &mut outbox, |_| false)
+        let lease = AtomicBool::new(true);
+        let outcome = committer
+            .commit_sealed(sealed, Vec::new(), &mut outbox, &lease)
             .await
             .unwrap();
         assert!(matches!(
-            outcomes.as_slice(),
-            [(0, PartitionOutcome::Committed(m))] if m.range == sealed.range
+            outcome,
+            PartitionOutcome::Committed(m) if m.range == sealed.range
         ));
         assert!(outbox.is_empty());
         let puts = store.puts.lock().unwrap().clone();

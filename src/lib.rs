@@ -9,6 +9,7 @@
 
 pub mod backfill;
 pub mod buffer;
+pub mod chain;
 pub mod checkpoint;
 pub mod cli;
 pub mod commit;

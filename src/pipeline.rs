@@ -1,10 +1,13 @@
-//! The run loop: consume → decode → buffer → (checkpoint: write → upload →
-//! manifest → notify → advise Kafka). DESIGN.md has it as pseudo-code; the
-//! protocol's invariants are in [`crate::commit`].
+//! The run loop: consume → decode → buffer → seal (write) → hand over to
+//! the partition's commit chain (upload → manifest → notify, on the Tokio
+//! runtime) → advise Kafka when it reports. DESIGN.md has it as pseudo-code;
+//! the protocol's invariants are in [`crate::commit`] and [`crate::chain`].
 //!
 //! The loop runs on one dedicated thread: polling and decoding are CPU work
-//! and stay off the async reactor. Uploads and notifications run on the
-//! Tokio runtime and the loop waits for them at each checkpoint.
+//! and stay off the async reactor. It never waits for a checkpoint to
+//! commit: checkpoint N commits while N+1 is read. It only stops reading
+//! when the memory budget is full of sealed files still uploading, and at
+//! the end, when it waits for every chain to drain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -13,14 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
 use crate::buffer::{BufferError, Buffers, Record};
+use crate::chain::{Chains, Report};
 use crate::checkpoint::{Checkpoint, Range};
-use crate::commit::{CommitError, Committer, Outbox, PartitionOutcome, Sealed};
+use crate::commit::{CommitError, Committer, PartitionOutcome, Sealed};
 use crate::config::{ErrorPolicy, ErrorsConfig};
 use crate::dlq::{DeadLetter, DeadLetters, Stage};
 use crate::envelope::{Encoding, Envelope};
@@ -71,12 +75,18 @@ pub struct Pipeline {
     state: State,
 }
 
-/// What the loop knows of one assigned partition since its last commit.
+/// What the loop knows of one assigned partition.
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
+    /// The last offset handed to the partition's chain (committed or on
+    /// its way): the next checkpoint's range starts after it.
+    sealed_to: Option<i64>,
+    /// Since the last seal.
     first_read: Option<i64>,
     last_read: Option<i64>,
     skipped: u64,
+    /// Bumped by a fence: reports of checkpoints sealed before it are stale.
+    epoch: u64,
 }
 
 /// Everything the loop owns besides the consumer, whose messages borrow it.
@@ -88,17 +98,17 @@ struct State {
     dead_letters: DeadLetters,
     errors: ErrorsConfig,
     tenancy: Tenancy,
-    committer: Committer,
+    chains: Chains,
     runtime: Handle,
     telemetry: Telemetry,
     checkpoint_interval: Duration,
     max_buffer_bytes: usize,
     /// Committed progress of the partitions this process owns.
     checkpoint: Checkpoint,
-    /// Owned partitions and what was read from them since their last commit.
+    /// Owned partitions and what was read from them since their last seal.
     owned: BTreeMap<i32, Progress>,
-    /// Committed manifests whose files are not announced yet.
-    outbox: Outbox,
+    /// The next epoch to give a partition (assignment or fence).
+    next_epoch: u64,
     /// Next offsets last committed to the Kafka group, per partition.
     advised: BTreeMap<i32, i64>,
     /// Records taken since the count was last published: those of owned
@@ -144,14 +154,14 @@ impl Pipeline {
                 dead_letters,
                 errors,
                 tenancy: committer.tenancy.clone(),
-                committer,
+                chains: Chains::new(Arc::new(committer), runtime.clone()),
                 runtime,
                 telemetry,
                 checkpoint_interval,
                 max_buffer_bytes,
                 checkpoint: Checkpoint::new(),
                 owned: BTreeMap::new(),
-                outbox: Outbox::default(),
+                next_epoch: 1,
                 advised: BTreeMap::new(),
                 consumed: 0,
                 ends: None,
@@ -187,6 +197,7 @@ impl Pipeline {
             if state.buffers.has_parts() {
                 state.stream_parts(&consumer);
             }
+            state.take_reports(&consumer, CommitMode::Async)?;
             let now = Instant::now();
             if now >= next_publish {
                 state.publish(&consumer);
@@ -194,15 +205,23 @@ impl Pipeline {
                 next_publish = now + PUBLISH_EVERY;
             }
             if now >= next_checkpoint {
-                state.checkpoint(&consumer, None)?;
+                state.seal(&consumer, None)?;
+                // Every owned partition, once per interval: also progress
+                // recovered on assignment, and advice the group refused
+                // (an asynchronous commit fails after the call returned,
+                // during a rebalance say).
+                state.advised.clear();
+                state.advise_kafka(&consumer, CommitMode::Async);
                 next_checkpoint = Instant::now() + state.checkpoint_interval;
             } else if let Some(partitions) = state.due_early() {
-                state.checkpoint(&consumer, Some(&partitions))?;
+                state.seal(&consumer, Some(&partitions))?;
             }
+            state.hold_while_full(&consumer)?;
         }
         state.publish(&consumer);
         info!("stopping: committing what is buffered");
-        state.checkpoint(&consumer, None)?;
+        state.seal(&consumer, None)?;
+        state.drain(&consumer)?;
         consumer.unsubscribe();
         Ok(())
     }
@@ -234,19 +253,28 @@ impl State {
             self.buffered_bytes(),
             self.buffers.buffered_rows() + self.dead_letters.buffered_rows(),
         );
+        self.telemetry.in_flight(self.chains.pending());
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.buffers.buffered_bytes()
-            + self.dead_letters.buffered_bytes()
-            + self.committer.streams.held_bytes()
+        self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes() + self.sealed_bytes()
+    }
+
+    /// Bytes sealed and still on their way to the store: tails of files and
+    /// parts of streamed files.
+    fn sealed_bytes(&self) -> usize {
+        self.chains.held_bytes() + self.committer().streams.held_bytes()
+    }
+
+    fn committer(&self) -> &Committer {
+        self.chains.committer()
     }
 
     /// Hands the parts of streamed files to their uploads. When as many
     /// parts as allowed are in flight, consumption pauses until one is
     /// done.
     fn stream_parts(&mut self, consumer: &KafkaConsumer) {
-        let streams = &self.committer.streams;
+        let streams = &self.chains.committer().streams;
         for part in self.buffers.take_parts() {
             let permit = match streams.try_permit() {
                 Some(permit) => Some(permit),
@@ -264,19 +292,21 @@ impl State {
     /// Aborts the uploads of streamed files that were dropped.
     fn abort_abandoned(&mut self) {
         for stream in self.buffers.take_abandoned() {
-            self.committer.streams.abort(stream);
+            self.chains.committer().streams.abort(stream);
         }
     }
 
-    /// Partitions to checkpoint before the interval is up: those with a
-    /// full file, and — when the buffers pass half their budget — the
+    /// Partitions to seal before the interval is up: those with a full
+    /// file, and — when open files pass half the files' share — the
     /// partitions holding the most, until a quarter of it would be left.
     /// Closing a file needs about as much again as it holds (its columns
-    /// are encoded next to the pages), hence half. Consumption stops
-    /// meanwhile (checkpoints are synchronous), so the budget holds.
+    /// are encoded next to the pages), hence half. What is sealed counts
+    /// until it is uploaded ([`State::hold_while_full`]).
     fn due_early(&mut self) -> Option<BTreeSet<i32>> {
         let mut due = self.buffers.take_due();
-        let held = self.buffered_bytes();
+        // Only what is still open: sealed bytes are on their way out, and
+        // sealing again would only cut smaller files.
+        let held = self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes();
         if held >= self.max_buffer_bytes / 2 {
             let mut by_partition = self.buffers.bytes_by_partition();
             for (partition, bytes) in self.dead_letters.bytes_by_partition() {
@@ -295,8 +325,8 @@ impl State {
                 }
             }
             if held >= self.max_buffer_bytes / 4 * 3 {
-                // Whatever the estimate per partition says: nothing more is
-                // read before everything held is committed.
+                // Whatever the estimate per partition says: everything open
+                // is sealed, and `hold_while_full` waits for it to upload.
                 due.extend(self.owned.keys());
             }
             self.telemetry.memory_pressure(held, due.len());
@@ -322,13 +352,26 @@ impl State {
                     partition,
                     recovered,
                 } => {
-                    self.owned.insert(partition, Progress::default());
+                    let committed = recovered.last.as_ref().map(|m| m.range.to);
+                    let epoch = self.new_epoch();
+                    self.owned.insert(
+                        partition,
+                        Progress {
+                            sealed_to: committed,
+                            epoch,
+                            ..Progress::default()
+                        },
+                    );
                     self.advised.remove(&partition);
-                    self.checkpoint
-                        .reset(partition, recovered.last.as_ref().map(|m| m.range.to));
-                    for manifest in recovered.unmarked {
-                        self.outbox.push(manifest);
+                    self.checkpoint.reset(partition, committed);
+                    if !recovered.unmarked.is_empty() {
+                        info!(
+                            partition,
+                            manifests = recovered.unmarked.len(),
+                            "publishing and announcing the files of unannounced commits"
+                        );
                     }
+                    self.chains.finish_recovered(partition, recovered.unmarked);
                 }
                 Assignment::Revoked { partition } => {
                     self.owned.remove(&partition);
@@ -337,7 +380,6 @@ impl State {
                     self.buffers.drop_partition(partition);
                     self.abort_abandoned();
                     self.dead_letters.drop_partition(partition);
-                    self.outbox.forget(partition);
                 }
                 Assignment::Failed { partition, error } => {
                     return Err(RunError::Recovery {
@@ -347,28 +389,12 @@ impl State {
                 }
             }
         }
-        if !self.outbox.is_empty() {
-            self.finish_recovered(consumer)?;
-        }
         Ok(())
     }
 
-    /// Publishes and announces the manifests a predecessor committed but
-    /// did not announce, as soon as their partitions are assigned: their
-    /// files reach loaders without waiting for the next checkpoint.
-    fn finish_recovered(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
-        info!(
-            manifests = self.outbox.len(),
-            "publishing and announcing the files of unannounced commits"
-        );
-        consumer.context().pause_all(consumer);
-        let finished = wait_polling(
-            &self.runtime,
-            consumer,
-            self.committer.finish(&mut self.outbox),
-        );
-        consumer.context().resume_all(consumer);
-        Ok(finished?)
+    fn new_epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
     }
 
     /// Whether a bounded run has read every partition up to its end.
@@ -377,11 +403,12 @@ impl State {
             return false;
         };
         ends.iter().all(|(partition, &end)| {
-            let read = self.owned.get(partition).and_then(|p| p.last_read);
-            let committed = self.checkpoint.position(*partition);
+            let read = self
+                .owned
+                .get(partition)
+                .and_then(|p| p.last_read.max(p.sealed_to));
             self.owned.contains_key(partition)
-                && (self.passed_end.contains(partition)
-                    || read.max(committed).is_some_and(|at| at >= end - 1))
+                && (self.passed_end.contains(partition) || read.is_some_and(|at| at >= end - 1))
         })
     }
 
@@ -417,12 +444,9 @@ impl State {
             // Fetched before a revocation: the new owner reads it again.
             return Ok(());
         };
-        if self
-            .checkpoint
-            .position(partition)
-            .is_some_and(|to| offset <= to)
-        {
-            // Already committed (by us or by a writer that fenced us).
+        if progress.sealed_to.is_some_and(|to| offset <= to) {
+            // Already sealed or committed (by us or by a writer that fenced
+            // us).
             return Ok(());
         }
         if progress.last_read.is_some_and(|last| offset <= last) {
@@ -578,10 +602,7 @@ impl State {
             .filter(|(p, _)| only.is_none_or(|set| set.contains(p)))
             .filter_map(|(&partition, p)| {
                 let to = p.last_read?;
-                let from = self
-                    .checkpoint
-                    .position(partition)
-                    .unwrap_or(p.first_read? - 1);
+                let from = p.sealed_to.unwrap_or(p.first_read? - 1);
                 (to > from).then_some(Sealed {
                     partition,
                     range: Range { from, to },
@@ -591,51 +612,73 @@ impl State {
             .collect()
     }
 
-    /// Writes, uploads, commits and announces everything buffered. The
-    /// partitions are paused meanwhile and the consumer keeps polling, so a
-    /// long upload never costs the group membership.
-    /// `only`: the partitions to commit (all when `None`).
-    fn checkpoint(
+    /// Seals what the partitions (of `only`, or all) read since their last
+    /// seal — closes their files, fixes their ranges — and hands each to
+    /// its commit chain. Reading goes on at once.
+    fn seal(
         &mut self,
         consumer: &KafkaConsumer,
         only: Option<&BTreeSet<i32>>,
     ) -> Result<(), RunError> {
-        consumer.context().pause_all(consumer);
-        let result = self.checkpoint_paused(consumer, only);
-        consumer.context().resume_all(consumer);
-        result
-    }
-
-    fn checkpoint_paused(
-        &mut self,
-        consumer: &KafkaConsumer,
-        only: Option<&BTreeSet<i32>>,
-    ) -> Result<(), RunError> {
-        let started = Instant::now();
         let mut files = self.buffers.finish(only)?;
         files.extend(self.dead_letters.finish(only)?);
-        let sealed = self.sealed(only);
-        if sealed.is_empty() && self.outbox.is_empty() {
-            self.advise_kafka(consumer);
+        for sealed in self.sealed(only) {
+            let partition = sealed.partition;
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                files.into_iter().partition(|f| f.partition == partition);
+            files = rest;
+            let Some(progress) = self.owned.get_mut(&partition) else {
+                continue;
+            };
+            let epoch = progress.epoch;
+            *progress = Progress {
+                sealed_to: Some(sealed.range.to),
+                epoch,
+                ..Progress::default()
+            };
+            match consumer.context().lease(partition) {
+                Some(lease) => self.chains.submit(sealed, mine, epoch, lease),
+                // Revoked in the last poll: the revocation drops the rest.
+                None => self.telemetry.revoked_before_commit(partition),
+            }
+        }
+        debug_assert!(
+            files.is_empty(),
+            "sealed files of partitions that read nothing"
+        );
+        self.publish_buffered();
+        Ok(())
+    }
+
+    /// Acts on what the commit chains reported: committed progress (then
+    /// advice to the group, `mode`), fences, failures.
+    fn take_reports(&mut self, consumer: &KafkaConsumer, mode: CommitMode) -> Result<(), RunError> {
+        let reports = self.chains.reports();
+        if reports.is_empty() {
             return Ok(());
         }
-        let revoked = |partition| consumer.context().revoked_pending(partition);
-        let outcomes = wait_polling(
-            &self.runtime,
-            consumer,
-            self.committer
-                .checkpoint(files, sealed, &mut self.outbox, revoked),
-        )?;
-        let (mut rows, mut bytes, mut count) = (0, 0, 0);
+        self.apply_reports(consumer, reports)?;
+        self.advise_kafka(consumer, mode);
+        Ok(())
+    }
+
+    fn apply_reports(
+        &mut self,
+        consumer: &KafkaConsumer,
+        reports: Vec<Report>,
+    ) -> Result<(), RunError> {
         let now_micros = chrono::Utc::now().timestamp_micros();
-        for (partition, outcome) in outcomes {
-            match outcome {
+        for Report {
+            partition,
+            epoch,
+            outcome,
+            took,
+        } in reports
+        {
+            let current = self.owned.get(&partition).is_some_and(|p| p.epoch == epoch);
+            match outcome? {
                 PartitionOutcome::Committed(manifest) => {
-                    if let Err(e) = self.checkpoint.try_apply(&[(partition, manifest.range)]) {
-                        // The manifest is committed; the in-memory view was stale.
-                        error!(partition, error = %e, "progress out of step with the store");
-                        self.checkpoint.reset(partition, Some(manifest.range.to));
-                    }
+                    let (mut rows, mut bytes, mut count) = (0, 0, 0);
                     for file in manifest.files.iter().filter(|f| f.kind.is_data()) {
                         rows += file.rows;
                         bytes += file.size;
@@ -643,38 +686,93 @@ impl State {
                         let age = now_micros - file.min_event_time_micros;
                         self.telemetry.commit_latency(age.max(0) as f64 / 1e6);
                     }
+                    self.telemetry.checkpoint_done(count, rows, bytes, took);
+                    if current
+                        && let Err(e) = self.checkpoint.try_apply(&[(partition, manifest.range)])
+                    {
+                        // The manifest is committed; the in-memory view was stale.
+                        error!(partition, error = %e, "progress out of step with the store");
+                        self.checkpoint.reset(partition, Some(manifest.range.to));
+                    }
                 }
                 PartitionOutcome::Fenced {
                     other_writer,
                     other_to,
                 } => {
                     self.telemetry.fenced(partition, &other_writer, other_to);
-                    self.checkpoint.reset(partition, Some(other_to));
-                    let next = Offset::Offset(other_to + 1);
-                    if let Err(e) =
-                        consumer.seek(&self.topic, partition, next, Duration::from_secs(10))
-                    {
-                        warn!(partition, error = %e, "seek after losing a commit failed");
+                    if current {
+                        self.resume_after_fence(consumer, partition, other_to);
                     }
                 }
                 PartitionOutcome::Revoked => self.telemetry.revoked_before_commit(partition),
-            }
-            if let Some(p) = self.owned.get_mut(&partition) {
-                *p = Progress::default();
+                PartitionOutcome::Dropped => {}
             }
         }
-        self.advise_kafka(consumer);
-        failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
-        self.telemetry
-            .checkpoint_done(count, rows, bytes, started.elapsed());
         self.publish_buffered();
+        Ok(())
+    }
+
+    /// Another writer committed from where this process's checkpoint
+    /// started: drop what the partition holds and read on after the
+    /// winner's range, in a new epoch (the chain drops what was sealed in
+    /// the old one).
+    fn resume_after_fence(&mut self, consumer: &KafkaConsumer, partition: i32, other_to: i64) {
+        let epoch = self.new_epoch();
+        self.owned.insert(
+            partition,
+            Progress {
+                sealed_to: Some(other_to),
+                epoch,
+                ..Progress::default()
+            },
+        );
+        self.checkpoint.reset(partition, Some(other_to));
+        self.buffers.drop_partition(partition);
+        self.abort_abandoned();
+        self.dead_letters.drop_partition(partition);
+        let next = Offset::Offset(other_to + 1);
+        if let Err(e) = consumer.seek(&self.topic, partition, next, Duration::from_secs(10)) {
+            warn!(partition, error = %e, "seek after losing a commit failed");
+        }
+    }
+
+    /// The memory bound: when sealed files still uploading fill three
+    /// quarters of the files' share, reading stops (partitions paused, the
+    /// consumer polled for the group) until they are down to half.
+    fn hold_while_full(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+        let limit = self.max_buffer_bytes / 4 * 3;
+        if self.sealed_bytes() < limit {
+            return Ok(());
+        }
+        self.telemetry
+            .memory_pressure(self.buffered_bytes(), self.owned.len());
+        consumer.context().pause_all(consumer);
+        let low = self.max_buffer_bytes / 2;
+        let held = || self.sealed_bytes();
+        wait_polling(&self.runtime, consumer, async {
+            while held() >= low {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        consumer.context().resume_all(consumer);
+        self.take_reports(consumer, CommitMode::Async)
+    }
+
+    /// Waits (polling) until every sealed checkpoint is reported, then
+    /// advises the group synchronously.
+    fn drain(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
+        consumer.context().pause_all(consumer);
+        let reports = wait_polling(&self.runtime, consumer, self.chains.drain());
+        consumer.context().resume_all(consumer);
+        self.apply_reports(consumer, reports)?;
+        self.advise_kafka(consumer, CommitMode::Sync);
         Ok(())
     }
 
     /// Commits the next offset of every owned partition whose progress moved
     /// to the group: for lag dashboards and the first start of a partition
     /// without manifests.
-    fn advise_kafka(&mut self, consumer: &KafkaConsumer) {
+    fn advise_kafka(&mut self, consumer: &KafkaConsumer, mode: CommitMode) {
         if self.ends.is_some() {
             return;
         }
@@ -684,8 +782,14 @@ impl State {
             .filter_map(|&p| self.checkpoint.position(p).map(|to| (p, to + 1)))
             .filter(|(p, next)| self.advised.get(p) != Some(next))
             .collect();
-        match source::commit_offsets(consumer, &self.topic, next.iter().copied()) {
-            Ok(()) => self.advised.extend(next),
+        if next.is_empty() {
+            return;
+        }
+        match source::commit_offsets(consumer, &self.topic, next.iter().copied(), mode) {
+            Ok(()) => {
+                self.advised.extend(next);
+                failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
+            }
             Err(e) => self.telemetry.offsets_commit_failed(&e),
         }
     }

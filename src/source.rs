@@ -6,7 +6,7 @@
 //! the store; Kafka group offsets are only advice (lag dashboards, the very
 //! first start).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::chain::Lease;
 use crate::config::KafkaConfig;
 use crate::health::Health;
 use crate::manifest::{ManifestError, Manifests, Recovered};
@@ -75,6 +76,10 @@ pub struct SourceContext {
     health: Arc<Health>,
     /// Each partition's high watermark, from the client's statistics.
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
+    /// Leases of the partitions owned now: made on assignment, cleared in
+    /// the revocation callback itself, so a commit chain learns of a lost
+    /// partition before the run loop does.
+    leases: Mutex<HashMap<i32, Lease>>,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -100,7 +105,17 @@ impl SourceContext {
             paused: AtomicBool::new(false),
             health,
             high_watermarks: Mutex::new(BTreeMap::new()),
+            leases: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lease of `partition`, while it is owned.
+    pub fn lease(&self, partition: i32) -> Option<Lease> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .cloned()
     }
 
     /// The last known high watermark of each partition of the topic.
@@ -132,16 +147,6 @@ impl SourceContext {
         }
     }
 
-    /// Whether `partition` was revoked since the events were last taken:
-    /// its work must not be committed any more.
-    pub fn revoked_pending(&self, partition: i32) -> bool {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|e| matches!(e, Assignment::Revoked { partition: p } if *p == partition))
-    }
-
     /// Takes the queued ownership changes.
     pub fn take_events(&self) -> Vec<Assignment> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
@@ -169,6 +174,10 @@ impl SourceContext {
         for partition in partitions {
             match self.recover(partition) {
                 Ok(recovered) => {
+                    self.leases
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(partition, Arc::new(AtomicBool::new(true)));
                     let from = recovered.last.as_ref().map(|m| m.range.to + 1);
                     if let Some(next) = from {
                         let _ =
@@ -208,6 +217,14 @@ impl SourceContext {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            for element in tpl.elements() {
+                if let Some(lease) = leases.remove(&element.partition()) {
+                    lease.store(false, Ordering::SeqCst);
+                }
+            }
+        }
         let revoked: Vec<Assignment> = tpl
             .elements()
             .iter()
@@ -260,6 +277,15 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const STATISTICS_INTERVAL_MS: &str = "1000";
 
 impl ConsumerContext for SourceContext {
+    /// Offsets are committed asynchronously as advice; a failure only
+    /// delays the group's view: the run loop advises every partition again
+    /// at each checkpoint interval.
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            warn!(error = %e, "committing offsets to the group failed");
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -413,11 +439,13 @@ pub fn topic_partitions<C: ConsumerContext>(
     Ok(topic.partitions().iter().map(|p| p.id()).collect())
 }
 
-/// Commits `next` (partition → next offset to read) for `topic`.
+/// Commits `next` (partition → next offset to read) for `topic`;
+/// asynchronously (failures are reported by a later poll) or waiting.
 pub fn commit_offsets(
     consumer: &KafkaConsumer,
     topic: &str,
     next: impl Iterator<Item = (i32, i64)>,
+    mode: CommitMode,
 ) -> Result<(), KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for (partition, offset) in next {
@@ -426,7 +454,7 @@ pub fn commit_offsets(
     if tpl.count() == 0 {
         return Ok(());
     }
-    consumer.commit(&tpl, CommitMode::Sync)
+    consumer.commit(&tpl, mode)
 }
 
 /// How long a poll waits for a record before the loop checks its timers.
@@ -435,7 +463,6 @@ pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn forced_settings_win_over_pass_through() {

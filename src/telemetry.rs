@@ -23,6 +23,7 @@ pub struct Telemetry {
     fenced: Counter,
     buffered: Gauge,
     buffered_rows: Gauge,
+    in_flight: Gauge,
     budget: Gauge,
     schema_id: Gauge,
     early_checkpoints: Counter,
@@ -46,6 +47,7 @@ impl Telemetry {
             fenced: counter!("sluice_fencing_rejections_total", &label),
             buffered: gauge!("sluice_buffered_bytes", &label),
             buffered_rows: gauge!("sluice_buffered_rows", &label),
+            in_flight: gauge!("sluice_checkpoints_in_flight", &label),
             budget: gauge!("sluice_memory_budget_bytes", &label),
             schema_id: gauge!("sluice_schema_id", &label),
             early_checkpoints: counter!("sluice_memory_checkpoints_total", &label),
@@ -131,6 +133,11 @@ impl Telemetry {
         self.buffered_rows.set(rows as f64);
     }
 
+    /// Checkpoints sealed and not yet committed and announced (or dropped).
+    pub fn in_flight(&self, checkpoints: usize) {
+        self.in_flight.set(checkpoints as f64);
+    }
+
     /// `memory.max_buffer_bytes`, for dashboards to set the buffers against.
     pub fn memory_budget(&self, bytes: u64) {
         self.budget.set(bytes as f64);
@@ -193,7 +200,7 @@ impl Telemetry {
     }
 
     pub fn offsets_commit_failed(&self, error: &dyn std::fmt::Display) {
-        warn!(error = %error, "kafka offset commit failed; records since the last commit may be read again");
+        warn!(error = %error, "committing offsets to the group failed (advice only: progress is in the store); advised again");
         self.offset_commit_failures.increment(1);
     }
 

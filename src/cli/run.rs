@@ -196,7 +196,9 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         notifier,
         staging,
         tenancy: Tenancy::new(&config.tenants),
-        concurrency: config.storage.upload_concurrency,
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            config.storage.upload_concurrency.max(1),
+        )),
         telemetry: telemetry.clone(),
         stopping: stop.clone(),
         streams,

@@ -208,6 +208,9 @@ struct State {
     upstream: SocketAddr,
     plan: Plan,
     enabled: AtomicBool,
+    /// Operations whose requests wait until they are released.
+    held: Mutex<Vec<Op>>,
+    released: tokio::sync::Notify,
     seen: Mutex<BTreeMap<Op, u64>>,
     injected: Mutex<BTreeMap<(Op, Fault), u64>>,
 }
@@ -232,6 +235,8 @@ impl FaultProxy {
             upstream,
             plan,
             enabled: AtomicBool::new(true),
+            held: Mutex::new(Vec::new()),
+            released: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
             injected: Mutex::new(BTreeMap::new()),
         });
@@ -266,6 +271,17 @@ impl FaultProxy {
     /// Stops or resumes injecting faults (requests pass either way).
     pub fn set_enabled(&self, enabled: bool) {
         self.state.enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Requests of `op` wait (before reaching moto) until [`Self::release`].
+    pub fn hold(&self, op: Op) {
+        self.state.held.lock().unwrap().push(op);
+    }
+
+    /// Lets held requests through, and those that follow.
+    pub fn release(&self) {
+        self.state.held.lock().unwrap().clear();
+        self.state.released.notify_waiters();
     }
 
     /// How often each fault was injected into each operation.
@@ -328,6 +344,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Answer {
         *n += 1;
         *n
     };
+    loop {
+        let released = state.released.notified();
+        if !state.held.lock().unwrap().contains(&op) {
+            break;
+        }
+        released.await;
+    }
     let fault = state
         .enabled
         .load(Ordering::SeqCst)

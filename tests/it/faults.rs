@@ -190,12 +190,11 @@ async fn chaos_faults_kills_zombies_and_a_broker_restart() {
     ];
     let group = sinks[0].group.clone();
     for sink in &mut sinks {
+        sink.set_group(&group);
         let text = std::fs::read_to_string(&sink.config)
             .unwrap()
-            .replace(&sink.group, &group)
             .replace(&support::brokers(), &brokers);
         std::fs::write(&sink.config, text).unwrap();
-        sink.group = group.clone();
     }
     let proxy = FaultProxy::start(&moto(), Plan::everything(2, Duration::from_secs(8)));
     let env = through(&proxy);
@@ -303,4 +302,238 @@ async fn chaos_faults_kills_zombies_and_a_broker_restart() {
         read["manifests"].as_array().unwrap().len(),
         read["messages"].as_array().unwrap().len(),
     );
+}
+
+/// Uploads held at the store: sluice goes on reading past its first sealed
+/// checkpoint (checkpoints are pipelined), stops at its memory bound, stays
+/// in its group (ready, no revocation) well past the session timeout, and
+/// once the store answers again commits everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_uploads_fill_the_memory_bound_without_losing_the_group() {
+    const EVENTS: u64 = 300_000;
+    let f = support::fixture(2).await;
+    let produced = f.produce(0..EVENTS).await;
+    let proxy = FaultProxy::start(
+        &moto(),
+        Plan {
+            rules: Vec::new(),
+            stall: Duration::ZERO,
+        },
+    );
+    proxy.hold(Op::ObjectPut);
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &f.topic,
+            storage_url: &f.storage,
+            queue_url: Some(&f.queue),
+            interval: "500ms",
+        },
+        &format!("{FAST_GROUP}\n[memory]\nmax_buffer_bytes = \"16MiB\"\n"),
+    );
+    start(
+        &mut sink,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.clone()),
+            ("SLUICE_STORAGE__REQUEST_TIMEOUT", "300s".into()),
+        ],
+    );
+    let consumed =
+        |sink: &Sink| support::metric(&sink.metrics(), "sluice_records_consumed_total", &[]);
+    // Reading goes on while the first checkpoints' uploads hang …
+    support::wait_until(
+        "reading to stop at the memory bound",
+        Duration::from_secs(120),
+        || {
+            let before = consumed(&sink);
+            std::thread::sleep(Duration::from_secs(3));
+            let after = consumed(&sink);
+            before > 0.0 && before == after
+        },
+    );
+    let stopped_at = consumed(&sink);
+    assert!(
+        stopped_at < EVENTS as f64,
+        "everything was read ({stopped_at}): the bound did not hold"
+    );
+    let metrics = sink.metrics();
+    assert_eq!(
+        support::metric(&metrics, "sluice_records_committed_total", &[]),
+        0.0,
+        "nothing is committed while its uploads hang"
+    );
+    let checkpoints = support::metric(&metrics, "sluice_memory_checkpoints_total", &[]);
+    assert!(checkpoints >= 1.0, "the bound was reached: {metrics:?}");
+    // One checkpoint uploads at most a file per partition and hour folder
+    // (2 × 3 here): more uploads waiting means later checkpoints were read
+    // and sealed while the first could not commit.
+    let uploads = proxy.seen().get(&Op::ObjectPut).copied().unwrap_or(0);
+    assert!(
+        uploads > 6,
+        "{uploads} uploads held: reading stopped at the first checkpoint"
+    );
+    // … and the process stays in its group, ready, past the session timeout.
+    std::thread::sleep(Duration::from_secs(10));
+    let (status, body) =
+        support::http_get(&format!("http://127.0.0.1:{}/readyz", sink.metrics_port));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !sink.logs().contains("partitions revoked"),
+        "{}",
+        sink.logs()
+    );
+    assert_eq!(
+        consumed(&sink),
+        stopped_at,
+        "no reading while the bound holds"
+    );
+
+    proxy.release();
+    sink.wait_committed(&ends(&produced, f.partitions), Duration::from_secs(180));
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_published_and_announced(&read);
+    println!(
+        "held uploads: reading stopped at {stopped_at} of {EVENTS} records, {uploads} uploads held"
+    );
+}
+
+/// The checkpoints in flight (sealed, not yet committed) of a running sink.
+fn in_flight(sink: &Sink) -> f64 {
+    support::metric(&sink.metrics(), "sluice_checkpoints_in_flight", &[])
+}
+
+fn consumed(sink: &Sink) -> f64 {
+    support::metric(&sink.metrics(), "sluice_records_consumed_total", &[])
+}
+
+/// Reads three waves of records while the store holds every upload, each
+/// wave sealed before the next is produced, so that partitions have
+/// checkpoints queued behind each other; returns what was produced.
+async fn queue_three_checkpoints(f: &support::Fixture, sink: &Sink) -> Vec<Produced> {
+    const WAVE: u64 = 4_000;
+    let mut produced = Vec::new();
+    for wave in 0..3u64 {
+        produced.extend(f.produce(wave * WAVE..(wave + 1) * WAVE).await);
+        let sealed = (f.partitions as u64 * (wave + 1)) as f64;
+        support::wait_until(
+            "a wave to be read and sealed",
+            Duration::from_secs(60),
+            || consumed(sink) >= ((wave + 1) * WAVE) as f64 && in_flight(sink) >= sealed,
+        );
+    }
+    assert_eq!(
+        support::metric(&sink.metrics(), "sluice_records_committed_total", &[]),
+        0.0,
+        "nothing commits while its uploads are held"
+    );
+    produced
+}
+
+fn held_store(proxy_op: Op) -> FaultProxy {
+    let proxy = FaultProxy::start(
+        &moto(),
+        Plan {
+            rules: Vec::new(),
+            stall: Duration::ZERO,
+        },
+    );
+    proxy.hold(proxy_op);
+    proxy
+}
+
+/// SIGTERM while every partition has several checkpoints queued on held
+/// uploads: the process reads no more, waits for each queued checkpoint,
+/// commits and announces them in order and exits 0 — nothing is left for a
+/// successor, and no successor runs here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_queued_checkpoint() {
+    let f = support::fixture(2).await;
+    let proxy = held_store(Op::ObjectPut);
+    let mut sink = f.sink("500ms");
+    start(
+        &mut sink,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.clone()),
+            ("SLUICE_STORAGE__REQUEST_TIMEOUT", "300s".into()),
+        ],
+    );
+    let produced = queue_three_checkpoints(&f, &sink).await;
+    let queued = in_flight(&sink);
+
+    sink.signal("TERM");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        sink.is_running(),
+        "sluice exited with {queued} checkpoints unfinished:\n{}",
+        sink.logs()
+    );
+    proxy.release();
+    let status = sink.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "{status:?}\n{}", sink.logs());
+
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_published_and_announced(&read);
+    assert_eq!(
+        support::committed(&sink.group, &f.topic, f.partitions),
+        ends(&produced, f.partitions),
+        "the group was advised of everything before the exit"
+    );
+    println!("sigterm drained {queued} queued checkpoints");
+}
+
+/// A second member joins while the first has several checkpoints per
+/// partition waiting on held uploads: the partitions that move are not
+/// committed by the first (its lease is gone), the new owner reads them
+/// again from the store's progress, and once the store answers every
+/// record is in exactly one committed row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_with_checkpoints_in_flight_ends_exactly_once() {
+    let f = support::fixture(4).await;
+    let proxy = held_store(Op::ObjectPut);
+    let env = [
+        ("AWS_ENDPOINT_URL", proxy.url.clone()),
+        ("SLUICE_STORAGE__REQUEST_TIMEOUT", "300s".into()),
+    ];
+    let mut first = f.sink("500ms");
+    start(&mut first, &env);
+    let mut produced = queue_three_checkpoints(&f, &first).await;
+    let queued = in_flight(&first);
+
+    let mut second = f.sink("500ms");
+    second.set_group(&first.group);
+    start(&mut second, &env);
+    support::wait_until(
+        "the first member to give up partitions",
+        Duration::from_secs(60),
+        || first.logs().contains("partitions revoked"),
+    );
+    proxy.release();
+    produced.extend(f.produce(12_000..16_000).await);
+    let target = ends(&produced, f.partitions);
+    let (group, topic) = (first.group.clone(), f.topic.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while support::committed(&group, &topic, f.partitions) != target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets {target:?} not committed (have {:?});\nfirst member:\n{}\nsecond member:\n{}",
+            support::committed(&group, &topic, f.partitions),
+            first.logs(),
+            second.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for sink in [&mut first, &mut second] {
+        assert!(sink.stop().success(), "{}", sink.logs());
+    }
+    assert!(
+        first.logs().contains("its range is left to the new owner"),
+        "a checkpoint of a revoked partition was not dropped:\n{}",
+        first.logs()
+    );
+    let read = f.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_published_and_announced(&read);
+    println!("rebalance with {queued} checkpoints in flight");
 }

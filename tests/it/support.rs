@@ -289,6 +289,16 @@ listen = "127.0.0.1:{metrics_port}"
         }
     }
 
+    /// Makes this sink a member of `group` (another sink's, say).
+    pub fn set_group(&mut self, group: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            &format!("group_id = \"{}\"", self.group),
+            &format!("group_id = \"{group}\""),
+        );
+        std::fs::write(&self.config, text).unwrap();
+        self.group = group.to_owned();
+    }
+
     pub fn log_path(&self, run: usize) -> PathBuf {
         self.dir.path().join(format!("sluice-{run}.log"))
     }

@@ -1,0 +1,109 @@
+//! The hot path's regression guard, without timing: heap allocations
+//! counted while the reference event runs envelope → decode → Arrow →
+//! Parquet (`allocation-counter` counts them, per thread). Per record,
+//! nothing may allocate (but builders doubling now and then); per batch of
+//! rows encoded into the file's pages, a bounded number per column.
+//! A change that adds an allocation per record or per value fails here on
+//! any machine, however fast.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice::buffer::{BATCH_ROWS, Buffers, Record};
+use sluice::config::ParquetConfig;
+use sluice::envelope::Envelope;
+use sluice::sample::OrderSample;
+use sluice::schema::{LocalRegistry, MessagePlan};
+
+struct Events {
+    payloads: Vec<Vec<u8>>,
+    headers: Vec<Vec<(&'static str, Vec<u8>)>>,
+}
+
+fn push(buffers: &mut Buffers, events: &Events, range: std::ops::Range<usize>) {
+    for i in range {
+        let envelope = Envelope::parse(
+            events.headers[i]
+                .iter()
+                .map(|(k, v)| (*k, Some(v.as_slice()))),
+            Some(1_767_225_600_000),
+            "baggage",
+        )
+        .expect("valid envelope");
+        let record = Record {
+            partition: 0,
+            offset: i as i64,
+            kafka_timestamp_ms: Some(1_767_225_600_000),
+            envelope,
+            payload: &events.payloads[i],
+            route: 0,
+        };
+        buffers.push(&record).expect("valid record");
+    }
+}
+
+#[test]
+fn the_hot_path_allocates_per_batch_not_per_record() {
+    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+        .expect("schemas compile");
+    let descriptor = registry
+        .message("sluice.examples.OrderPlaced")
+        .expect("reference event");
+    let sample = OrderSample::new(&descriptor).expect("reference event");
+    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
+    // Warm-up: the file is opened, its builders and the writer's buffers
+    // reach their working size. Then whole batches are measured.
+    let (warm, measured) = (2 * BATCH_ROWS, 4 * BATCH_ROWS);
+    let total = warm + BATCH_ROWS / 4 + measured;
+    let events = Events {
+        payloads: (0..total as u64).map(|s| sample.encode(s)).collect(),
+        headers: (0..total as u64)
+            .map(|s| {
+                sample
+                    .headers(s)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            })
+            .collect(),
+    };
+    // The sample's events fall in three hours: three files stay open.
+    let mut buffers = Buffers::new(
+        descriptor.clone(),
+        plan.clone(),
+        &ParquetConfig::default(),
+        Vec::new(),
+    );
+    push(&mut buffers, &events, 0..warm);
+
+    // Record by record: almost every push allocates nothing; the few that
+    // do are builders doubling their capacity.
+    let window = BATCH_ROWS / 4;
+    let allocating = (warm..warm + window)
+        .filter(|&i| {
+            allocation_counter::measure(|| push(&mut buffers, &events, i..i + 1)).count_total > 0
+        })
+        .count();
+    eprintln!("{allocating} of {window} records allocated");
+    assert!(
+        allocating * 50 <= window,
+        "{allocating} of {window} records allocated: the hot path allocates per record"
+    );
+    let warm = warm + window;
+    // Counts this thread's allocations (the crate's global allocator).
+    let taken = allocation_counter::measure(|| push(&mut buffers, &events, warm..warm + measured))
+        .count_total;
+
+    let batches = (measured / BATCH_ROWS) as u64;
+    let columns = buffers.schema().fields().len() as u64;
+    let per_record = taken as f64 / measured as f64;
+    let per_batch_per_column = taken as f64 / (batches * columns) as f64;
+    eprintln!(
+        "{taken} allocations for {measured} records in about {batches} batches of {columns} columns: \
+         {per_record:.3} per record, {per_batch_per_column:.1} per batch and column"
+    );
+    assert!(
+        per_record < 0.5,
+        "the hot path allocates per record: {taken} allocations for {measured} records"
+    );
+}
