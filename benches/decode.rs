@@ -7,9 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::buffer::{Buffers, Record};
-use sluice::envelope::Envelope;
-use sluice::sample::OrderSample;
+use sluice::buffer::Buffers;
+use sluice::sample::{Encoded, OrderSample};
 use sluice::schema::{Column, Decoder, LocalRegistry, MessagePlan};
 
 const EVENTS: usize = 100_000;
@@ -17,25 +16,6 @@ const EVENTS: usize = 100_000;
 /// As in the daemon.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Input {
-    payloads: Vec<Vec<u8>>,
-    headers: Vec<Vec<(&'static str, Vec<u8>)>>,
-}
-
-fn input(sample: &OrderSample) -> Input {
-    let payloads = (0..EVENTS as u64).map(|s| sample.encode(s)).collect();
-    let headers = (0..EVENTS as u64)
-        .map(|s| {
-            sample
-                .headers(s)
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect()
-        })
-        .collect();
-    Input { payloads, headers }
-}
 
 fn benches(c: &mut Criterion) {
     let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
@@ -45,7 +25,7 @@ fn benches(c: &mut Criterion) {
         .expect("reference event");
     let sample = OrderSample::new(&descriptor).expect("reference event");
     let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
-    let input = input(&sample);
+    let input = Encoded::new(&sample, EVENTS);
     let mean = input.payloads.iter().map(Vec::len).sum::<usize>() / EVENTS;
     eprintln!("reference event: {mean} bytes encoded on average");
 
@@ -79,23 +59,9 @@ fn benches(c: &mut Criterion) {
                 &Default::default(),
                 Vec::new(),
             );
-            for (i, (payload, headers)) in input.payloads.iter().zip(&input.headers).enumerate() {
-                let envelope = Envelope::parse(
-                    headers.iter().map(|(k, v)| (*k, Some(v.as_slice()))),
-                    Some(1_767_225_600_000),
-                    "baggage",
-                )
-                .expect("valid envelope");
-                let record = Record {
-                    partition: 0,
-                    offset: i as i64,
-                    kafka_timestamp_ms: Some(1_767_225_600_000),
-                    envelope,
-                    payload,
-                    route: 0,
-                };
-                buffers.push(&record).expect("valid record");
-            }
+            input
+                .push(&mut buffers, 0..input.len())
+                .expect("valid events");
             let files = buffers.finish_all().expect("encode");
             assert!(!files.is_empty());
         })

@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::buffer::{Buffers, Record};
+use sluice::buffer::Buffers;
 use sluice::config::{Codec, Dictionary, ParquetConfig};
-use sluice::envelope::Envelope;
-use sluice::sample::OrderSample;
+use sluice::sample::{Encoded, OrderSample};
 use sluice::schema::{LocalRegistry, MessagePlan};
 
 const EVENTS: usize = 100_000;
@@ -30,36 +29,17 @@ fn config(codec: Codec, level: Option<u64>, dictionary: Dictionary) -> ParquetCo
     }
 }
 
-struct Input {
-    payloads: Vec<Vec<u8>>,
-    headers: Vec<Vec<(&'static str, Vec<u8>)>>,
-}
-
 /// Runs the events through fresh buffers; returns bytes of output.
 fn write_all(
-    input: &Input,
+    input: &Encoded,
     descriptor: &prost_reflect::MessageDescriptor,
     plan: &Arc<MessagePlan>,
     parquet: &ParquetConfig,
 ) -> u64 {
     let mut buffers = Buffers::new(descriptor.clone(), plan.clone(), parquet, Vec::new());
-    for (i, (payload, headers)) in input.payloads.iter().zip(&input.headers).enumerate() {
-        let envelope = Envelope::parse(
-            headers.iter().map(|(k, v)| (*k, Some(v.as_slice()))),
-            Some(1_767_225_600_000),
-            "baggage",
-        )
-        .expect("valid envelope");
-        let record = Record {
-            partition: 0,
-            offset: i as i64,
-            kafka_timestamp_ms: Some(1_767_225_600_000),
-            envelope,
-            payload,
-            route: 0,
-        };
-        buffers.push(&record).expect("valid record");
-    }
+    input
+        .push(&mut buffers, 0..input.len())
+        .expect("valid events");
     let files = buffers.finish_all().expect("encode");
     files.iter().map(|f| f.body.size()).sum()
 }
@@ -72,18 +52,7 @@ fn benches(c: &mut Criterion) {
         .expect("reference event");
     let sample = OrderSample::new(&descriptor).expect("reference event");
     let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
-    let input = Input {
-        payloads: (0..EVENTS as u64).map(|s| sample.encode(s)).collect(),
-        headers: (0..EVENTS as u64)
-            .map(|s| {
-                sample
-                    .headers(s)
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect()
-            })
-            .collect(),
-    };
+    let input = Encoded::new(&sample, EVENTS);
 
     let mut group = c.benchmark_group("writer_settings");
     group.throughput(Throughput::Elements(EVENTS as u64));

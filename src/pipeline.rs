@@ -70,6 +70,9 @@ enum Outcome {
 /// How often the loop publishes gauges and counts.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
+/// Records taken between two looks at the clock and the chains' reports.
+const TIMERS_EVERY: u32 = 64;
+
 pub struct Pipeline {
     consumer: KafkaConsumer,
     state: State,
@@ -186,34 +189,50 @@ impl Pipeline {
         } = self;
         let mut next_checkpoint = Instant::now() + state.checkpoint_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        let mut since_timers = 0;
         while !stop.load(Ordering::Relaxed) && !state.reached_ends() {
             let polled = consumer.poll(source::POLL_TIMEOUT);
             state.apply_assignments(&consumer)?;
-            match polled {
-                None => {}
-                Some(Err(e)) => warn!(error = %e, "kafka poll error"),
-                Some(Ok(message)) => state.ingest(&message)?,
-            }
+            let idle = match polled {
+                None => true,
+                Some(Err(e)) => {
+                    warn!(error = %e, "kafka poll error");
+                    true
+                }
+                Some(Ok(message)) => {
+                    state.ingest(&message)?;
+                    false
+                }
+            };
             if state.buffers.has_parts() {
                 state.stream_parts(&consumer);
             }
-            state.take_reports(&consumer, CommitMode::Async)?;
-            let now = Instant::now();
-            if now >= next_publish {
-                state.publish(&consumer);
-                state.note_positions(&consumer);
-                next_publish = now + PUBLISH_EVERY;
+            // Reports and timers every few records (no clock read per
+            // record), at once when the poll found nothing.
+            since_timers += 1;
+            let mut sealed_all = false;
+            if idle || since_timers >= TIMERS_EVERY {
+                since_timers = 0;
+                state.take_reports(&consumer, CommitMode::Async)?;
+                let now = Instant::now();
+                if now >= next_publish {
+                    state.publish(&consumer);
+                    state.note_positions(&consumer);
+                    next_publish = now + PUBLISH_EVERY;
+                }
+                if now >= next_checkpoint {
+                    state.seal(&consumer, None)?;
+                    // Every owned partition, once per interval: also progress
+                    // recovered on assignment, and advice the group refused
+                    // (an asynchronous commit fails after the call returned,
+                    // during a rebalance say).
+                    state.advised.clear();
+                    state.advise_kafka(&consumer, CommitMode::Async);
+                    next_checkpoint = Instant::now() + state.checkpoint_interval;
+                    sealed_all = true;
+                }
             }
-            if now >= next_checkpoint {
-                state.seal(&consumer, None)?;
-                // Every owned partition, once per interval: also progress
-                // recovered on assignment, and advice the group refused
-                // (an asynchronous commit fails after the call returned,
-                // during a rebalance say).
-                state.advised.clear();
-                state.advise_kafka(&consumer, CommitMode::Async);
-                next_checkpoint = Instant::now() + state.checkpoint_interval;
-            } else if let Some(partitions) = state.due_early() {
+            if !sealed_all && let Some(partitions) = state.due_early() {
                 state.seal(&consumer, Some(&partitions))?;
             }
             state.hold_while_full(&consumer)?;

@@ -4,6 +4,8 @@
 //! Also the small Kafka helpers (create a topic, produce events) the demo
 //! and the tests share. Not used by the daemon.
 
+use std::ops::Range;
+
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -13,6 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::buffer::{Buffers, Record};
+use crate::envelope::Envelope;
 
 /// The values of one generated event, as a reader should find them.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +167,67 @@ impl OrderSample {
             ("ce_specversion", "1.0".to_owned()),
             ("content-type", "application/protobuf".to_owned()),
         ]
+    }
+}
+
+/// Reference events encoded ahead of time (payloads and CloudEvents
+/// headers), for the benchmarks and tests of the hot path: pushed into
+/// [`Buffers`] the way the run loop pushes a record.
+#[derive(Debug)]
+pub struct Encoded {
+    pub payloads: Vec<Vec<u8>>,
+    pub headers: Vec<Vec<(&'static str, Vec<u8>)>>,
+    kafka_timestamp_ms: i64,
+}
+
+impl Encoded {
+    /// Events `0..count` of `sample`.
+    pub fn new(sample: &OrderSample, count: usize) -> Encoded {
+        let seqs = 0..count as u64;
+        Encoded {
+            payloads: seqs.clone().map(|s| sample.encode(s)).collect(),
+            headers: seqs
+                .map(|s| {
+                    sample
+                        .headers(s)
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect()
+                })
+                .collect(),
+            kafka_timestamp_ms: sample.base_micros / 1000,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    /// Envelope → decode → Arrow (→ Parquet at each full batch) for the
+    /// events of `range`, all of partition 0 at their own offsets.
+    pub fn push(&self, buffers: &mut Buffers, range: Range<usize>) -> anyhow::Result<()> {
+        for i in range {
+            let envelope = Envelope::parse(
+                self.headers[i]
+                    .iter()
+                    .map(|(k, v)| (*k, Some(v.as_slice()))),
+                Some(self.kafka_timestamp_ms),
+                "baggage",
+            )?;
+            buffers.push(&Record {
+                partition: 0,
+                offset: i as i64,
+                kafka_timestamp_ms: Some(self.kafka_timestamp_ms),
+                envelope,
+                payload: &self.payloads[i],
+                route: 0,
+            })?;
+        }
+        Ok(())
     }
 }
 

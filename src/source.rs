@@ -69,6 +69,9 @@ pub struct SourceContext {
     manifests: Manifests,
     runtime: Handle,
     events: Arc<Mutex<Vec<Assignment>>>,
+    /// Whether `events` may hold something: the loop looks at it for every
+    /// record, without taking the lock.
+    has_events: AtomicBool,
     /// Set while a checkpoint runs: partitions assigned meanwhile start
     /// paused, like the rest.
     paused: AtomicBool,
@@ -102,6 +105,7 @@ impl SourceContext {
             manifests,
             runtime,
             events: Arc::new(Mutex::new(Vec::new())),
+            has_events: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             health,
             high_watermarks: Mutex::new(BTreeMap::new()),
@@ -149,7 +153,18 @@ impl SourceContext {
 
     /// Takes the queued ownership changes.
     pub fn take_events(&self) -> Vec<Assignment> {
+        if !self.has_events.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn push_events(&self, events: impl IntoIterator<Item = Assignment>) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(events);
+        self.has_events.store(true, Ordering::Release);
     }
 
     fn recover(&self, partition: i32) -> Result<Recovered, ManifestError> {
@@ -197,10 +212,7 @@ impl SourceContext {
                 Err(error) => events.push(Assignment::Failed { partition, error }),
             }
         }
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(events);
+        self.push_events(events);
         let assigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
             _ => consumer.assign(tpl),
@@ -233,10 +245,7 @@ impl SourceContext {
             })
             .collect();
         info!(partitions = %partitions(tpl), "partitions revoked");
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(revoked);
+        self.push_events(revoked);
         let unassigned = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
             _ => consumer.unassign(),

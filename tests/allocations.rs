@@ -9,37 +9,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sluice::buffer::{BATCH_ROWS, Buffers, Record};
+use sluice::buffer::{BATCH_ROWS, Buffers};
 use sluice::config::ParquetConfig;
-use sluice::envelope::Envelope;
-use sluice::sample::OrderSample;
+use sluice::sample::{Encoded, OrderSample};
 use sluice::schema::{LocalRegistry, MessagePlan};
 
-struct Events {
-    payloads: Vec<Vec<u8>>,
-    headers: Vec<Vec<(&'static str, Vec<u8>)>>,
-}
-
-fn push(buffers: &mut Buffers, events: &Events, range: std::ops::Range<usize>) {
-    for i in range {
-        let envelope = Envelope::parse(
-            events.headers[i]
-                .iter()
-                .map(|(k, v)| (*k, Some(v.as_slice()))),
-            Some(1_767_225_600_000),
-            "baggage",
-        )
-        .expect("valid envelope");
-        let record = Record {
-            partition: 0,
-            offset: i as i64,
-            kafka_timestamp_ms: Some(1_767_225_600_000),
-            envelope,
-            payload: &events.payloads[i],
-            route: 0,
-        };
-        buffers.push(&record).expect("valid record");
-    }
+fn push(buffers: &mut Buffers, events: &Encoded, range: std::ops::Range<usize>) {
+    events.push(buffers, range).expect("valid events");
 }
 
 #[test]
@@ -55,18 +31,7 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
     // reach their working size. Then whole batches are measured.
     let (warm, measured) = (2 * BATCH_ROWS, 4 * BATCH_ROWS);
     let total = warm + BATCH_ROWS / 4 + measured;
-    let events = Events {
-        payloads: (0..total as u64).map(|s| sample.encode(s)).collect(),
-        headers: (0..total as u64)
-            .map(|s| {
-                sample
-                    .headers(s)
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect()
-            })
-            .collect(),
-    };
+    let events = Encoded::new(&sample, total);
     // The sample's events fall in three hours: three files stay open.
     let mut buffers = Buffers::new(
         descriptor.clone(),
