@@ -72,3 +72,41 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
         "the hot path allocates per record: {taken} allocations for {measured} records"
     );
 }
+
+/// What the memory budget counts for open files against the heap they
+/// really hold (live bytes, counted by the allocator on this thread): files
+/// of a few rows, files just short of their first batch, files with many
+/// batches encoded. The budget must not count much less than is held, or
+/// many partitions and hour folders take the process past it.
+#[test]
+fn the_budget_counts_what_open_files_hold() {
+    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+        .expect("schemas compile");
+    let descriptor = registry
+        .message("sluice.examples.OrderPlaced")
+        .expect("reference event");
+    let sample = OrderSample::new(&descriptor).expect("reference event");
+    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
+    // Three hour folders: three open files.
+    for records in [1_000, 3 * (BATCH_ROWS - 100), 60_000] {
+        let events = Encoded::new(&sample, records);
+        let mut buffers = Buffers::new(
+            descriptor.clone(),
+            plan.clone(),
+            &ParquetConfig::default(),
+            Vec::new(),
+        );
+        let held = allocation_counter::measure(|| push(&mut buffers, &events, 0..records))
+            .bytes_current as f64;
+        let counted = buffers.buffered_bytes() as f64;
+        eprintln!(
+            "{records} records in 3 files: {:.0} KiB held, {:.0} KiB counted",
+            held / 1024.0,
+            counted / 1024.0
+        );
+        assert!(
+            held <= counted * 1.25,
+            "{records} records: open files hold {held} bytes, the budget counts {counted}"
+        );
+    }
+}
