@@ -4,12 +4,10 @@
 //! Results are written down in DESIGN.md ("Performance").
 
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::buffer::Buffers;
-use sluice::sample::{Encoded, OrderSample};
-use sluice::schema::{Column, Decoder, LocalRegistry, MessagePlan};
+use sluice::sample::{Encoded, Reference};
+use sluice::schema::{Column, Decoder};
 
 const EVENTS: usize = 100_000;
 
@@ -18,14 +16,9 @@ const EVENTS: usize = 100_000;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn benches(c: &mut Criterion) {
-    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
-        .expect("schemas compile");
-    let descriptor = registry
-        .message("sluice.examples.OrderPlaced")
+    let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
         .expect("reference event");
-    let sample = OrderSample::new(&descriptor).expect("reference event");
-    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
-    let input = Encoded::new(&sample, EVENTS);
+    let input = Encoded::new(&reference.sample, EVENTS);
     let mean = input.payloads.iter().map(Vec::len).sum::<usize>() / EVENTS;
     eprintln!("reference event: {mean} bytes encoded on average");
 
@@ -35,14 +28,17 @@ fn benches(c: &mut Criterion) {
 
     group.bench_function("decode_to_arrow", |b| {
         let mut decoder = Decoder::new();
-        let mut columns: Vec<Column> = plan
+        let mut columns: Vec<Column> = reference
+            .plan
             .arrow_fields()
             .iter()
             .filter_map(|f| Column::for_type(f.data_type()))
             .collect();
         b.iter(|| {
             for (i, payload) in input.payloads.iter().enumerate() {
-                decoder.decode(&plan, payload, &mut columns).expect("valid");
+                decoder
+                    .decode(&reference.plan, payload, &mut columns)
+                    .expect("valid");
                 if i % 8192 == 8191 {
                     columns.iter_mut().for_each(|c| drop(c.finish()));
                 }
@@ -53,12 +49,7 @@ fn benches(c: &mut Criterion) {
 
     group.bench_function("envelope_decode_parquet_zstd", |b| {
         b.iter(|| {
-            let mut buffers = Buffers::new(
-                descriptor.clone(),
-                plan.clone(),
-                &Default::default(),
-                Vec::new(),
-            );
+            let mut buffers = reference.buffers(&Default::default());
             input
                 .push(&mut buffers, 0..input.len())
                 .expect("valid events");

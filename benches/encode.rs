@@ -7,13 +7,10 @@
 //! cargo bench --bench encode [-- <filter>]
 
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::buffer::Buffers;
 use sluice::config::{Codec, Dictionary, ParquetConfig};
-use sluice::sample::{Encoded, OrderSample};
-use sluice::schema::{LocalRegistry, MessagePlan};
+use sluice::sample::{Encoded, Reference};
 
 const EVENTS: usize = 100_000;
 
@@ -30,13 +27,8 @@ fn config(codec: Codec, level: Option<u64>, dictionary: Dictionary) -> ParquetCo
 }
 
 /// Runs the events through fresh buffers; returns bytes of output.
-fn write_all(
-    input: &Encoded,
-    descriptor: &prost_reflect::MessageDescriptor,
-    plan: &Arc<MessagePlan>,
-    parquet: &ParquetConfig,
-) -> u64 {
-    let mut buffers = Buffers::new(descriptor.clone(), plan.clone(), parquet, Vec::new());
+fn write_all(input: &Encoded, reference: &Reference, parquet: &ParquetConfig) -> u64 {
+    let mut buffers = reference.buffers(parquet);
     input
         .push(&mut buffers, 0..input.len())
         .expect("valid events");
@@ -45,14 +37,9 @@ fn write_all(
 }
 
 fn benches(c: &mut Criterion) {
-    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
-        .expect("schemas compile");
-    let descriptor = registry
-        .message("sluice.examples.OrderPlaced")
+    let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
         .expect("reference event");
-    let sample = OrderSample::new(&descriptor).expect("reference event");
-    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
-    let input = Encoded::new(&sample, EVENTS);
+    let input = Encoded::new(&reference.sample, EVENTS);
 
     let mut group = c.benchmark_group("writer_settings");
     group.throughput(Throughput::Elements(EVENTS as u64));
@@ -73,10 +60,10 @@ fn benches(c: &mut Criterion) {
         for (dict_name, dictionary) in dictionaries {
             let name = format!("{codec_name}/{dict_name}");
             let parquet = config(codec, level, dictionary);
-            let bytes = write_all(&input, &descriptor, &plan, &parquet);
+            let bytes = write_all(&input, &reference, &parquet);
             eprintln!("{name}: {:.1} bytes per row", bytes as f64 / EVENTS as f64);
             group.bench_function(&name, |b| {
-                b.iter(|| write_all(&input, &descriptor, &plan, &parquet))
+                b.iter(|| write_all(&input, &reference, &parquet))
             });
         }
     }

@@ -187,12 +187,35 @@ impl Pipeline {
             consumer,
             mut state,
         } = self;
-        let mut next_checkpoint = Instant::now() + state.checkpoint_interval;
+        let result = state.read(&consumer, stop);
+        if result.is_err() {
+            // Files still open will never be committed: their multipart
+            // uploads are aborted rather than left for `sluice gc`.
+            let streams = &state.committer().streams;
+            // The timer is made inside the runtime: this thread is not one
+            // of its workers.
+            let _ = state
+                .runtime
+                .block_on(async { tokio::time::timeout(ABORT_WITHIN, streams.abort_all()).await });
+        }
+        result
+    }
+}
+
+/// How long a process stopping on an error spends aborting the uploads of
+/// its open files.
+const ABORT_WITHIN: Duration = Duration::from_secs(30);
+
+impl State {
+    /// The run loop (DESIGN.md); then, on a stop, seals what is buffered
+    /// and waits for every chain.
+    fn read(&mut self, consumer: &KafkaConsumer, stop: &AtomicBool) -> Result<(), RunError> {
+        let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut since_timers = 0;
-        while !stop.load(Ordering::Relaxed) && !state.reached_ends() {
+        while !stop.load(Ordering::Relaxed) && !self.reached_ends() {
             let polled = consumer.poll(source::POLL_TIMEOUT);
-            state.apply_assignments(&consumer)?;
+            self.apply_assignments(consumer)?;
             let idle = match polled {
                 None => true,
                 Some(Err(e)) => {
@@ -200,12 +223,12 @@ impl Pipeline {
                     true
                 }
                 Some(Ok(message)) => {
-                    state.ingest(&message)?;
+                    self.ingest(&message)?;
                     false
                 }
             };
-            if state.buffers.has_parts() {
-                state.stream_parts(&consumer);
+            if self.buffers.has_parts() {
+                self.stream_parts(consumer);
             }
             // Reports and timers every few records (no clock read per
             // record), at once when the poll found nothing.
@@ -213,40 +236,38 @@ impl Pipeline {
             let mut sealed_all = false;
             if idle || since_timers >= TIMERS_EVERY {
                 since_timers = 0;
-                state.take_reports(&consumer, CommitMode::Async)?;
+                self.take_reports(consumer, CommitMode::Async)?;
                 let now = Instant::now();
                 if now >= next_publish {
-                    state.publish(&consumer);
-                    state.note_positions(&consumer);
+                    self.publish(consumer);
+                    self.note_positions(consumer);
                     next_publish = now + PUBLISH_EVERY;
                 }
                 if now >= next_checkpoint {
-                    state.seal(&consumer, None)?;
+                    self.seal(consumer, None)?;
                     // Every owned partition, once per interval: also progress
                     // recovered on assignment, and advice the group refused
                     // (an asynchronous commit fails after the call returned,
                     // during a rebalance say).
-                    state.advised.clear();
-                    state.advise_kafka(&consumer, CommitMode::Async);
-                    next_checkpoint = Instant::now() + state.checkpoint_interval;
+                    self.advised.clear();
+                    self.advise_kafka(consumer, CommitMode::Async);
+                    next_checkpoint = Instant::now() + self.checkpoint_interval;
                     sealed_all = true;
                 }
             }
-            if !sealed_all && let Some(partitions) = state.due_early() {
-                state.seal(&consumer, Some(&partitions))?;
+            if !sealed_all && let Some(partitions) = self.due_early() {
+                self.seal(consumer, Some(&partitions))?;
             }
-            state.hold_while_full(&consumer)?;
+            self.hold_while_full(consumer)?;
         }
-        state.publish(&consumer);
+        self.publish(consumer);
         info!("stopping: committing what is buffered");
-        state.seal(&consumer, None)?;
-        state.drain(&consumer)?;
+        self.seal(consumer, None)?;
+        self.drain(consumer)?;
         consumer.unsubscribe();
         Ok(())
     }
-}
 
-impl State {
     /// Counts and gauges: records taken, what is buffered, each owned
     /// partition's lag (high watermark − next offset to commit).
     fn publish(&mut self, consumer: &KafkaConsumer) {

@@ -5,6 +5,8 @@
 //! and the tests share. Not used by the daemon.
 
 use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
@@ -17,7 +19,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::buffer::{Buffers, Record};
+use crate::config::ParquetConfig;
 use crate::envelope::Envelope;
+use crate::schema::{LocalRegistry, MessagePlan};
 
 /// The values of one generated event, as a reader should find them.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +171,41 @@ impl OrderSample {
             ("ce_specversion", "1.0".to_owned()),
             ("content-type", "application/protobuf".to_owned()),
         ]
+    }
+}
+
+/// The reference event compiled from the `.proto` files under `schemas`
+/// (the repository's `schemas/`): its descriptor, its generator and its
+/// decode plan (recursion depth 3, the default), for the benchmarks and
+/// tests of the hot path.
+#[derive(Debug)]
+pub struct Reference {
+    pub descriptor: MessageDescriptor,
+    pub sample: OrderSample,
+    pub plan: Arc<MessagePlan>,
+}
+
+impl Reference {
+    pub fn load(schemas: &Path) -> anyhow::Result<Reference> {
+        let descriptor = LocalRegistry::open(schemas)?.message("sluice.examples.OrderPlaced")?;
+        let sample = OrderSample::new(&descriptor)
+            .ok_or_else(|| anyhow::anyhow!("OrderPlaced lacks a field the sample sets"))?;
+        let plan = Arc::new(MessagePlan::new(&descriptor, 3)?);
+        Ok(Reference {
+            descriptor,
+            sample,
+            plan,
+        })
+    }
+
+    /// Empty buffers for the reference event.
+    pub fn buffers(&self, parquet: &ParquetConfig) -> Buffers {
+        Buffers::new(
+            self.descriptor.clone(),
+            self.plan.clone(),
+            parquet,
+            Vec::new(),
+        )
     }
 }
 

@@ -235,6 +235,19 @@ impl Streams {
         });
     }
 
+    /// Aborts the upload of every stream still open and waits for the
+    /// aborts (best effort: `sluice gc` aborts what is left). For a process
+    /// stopping on an error, whose open files will never be committed.
+    pub async fn abort_all(&self) {
+        let open: Vec<Open> = self.lock().drain().map(|(_, open)| open).collect();
+        for Open { parts, task, .. } in open {
+            drop(parts);
+            if let Ok(Ok(uploaded)) = task.await {
+                let _ = self.store.abort_upload(&uploaded.upload).await;
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
         // A panic while holding the lock cannot leave the map inconsistent.
         self.open.lock().unwrap_or_else(|e| e.into_inner())

@@ -7,12 +7,10 @@
 //! any machine, however fast.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use sluice::buffer::{BATCH_ROWS, Buffers};
 use sluice::config::ParquetConfig;
-use sluice::sample::{Encoded, OrderSample};
-use sluice::schema::{LocalRegistry, MessagePlan};
+use sluice::sample::{Encoded, Reference};
 
 fn push(buffers: &mut Buffers, events: &Encoded, range: std::ops::Range<usize>) {
     events.push(buffers, range).expect("valid events");
@@ -20,25 +18,15 @@ fn push(buffers: &mut Buffers, events: &Encoded, range: std::ops::Range<usize>) 
 
 #[test]
 fn the_hot_path_allocates_per_batch_not_per_record() {
-    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
-        .expect("schemas compile");
-    let descriptor = registry
-        .message("sluice.examples.OrderPlaced")
+    let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
         .expect("reference event");
-    let sample = OrderSample::new(&descriptor).expect("reference event");
-    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
     // Warm-up: the file is opened, its builders and the writer's buffers
     // reach their working size. Then whole batches are measured.
     let (warm, measured) = (2 * BATCH_ROWS, 4 * BATCH_ROWS);
     let total = warm + BATCH_ROWS / 4 + measured;
-    let events = Encoded::new(&sample, total);
+    let events = Encoded::new(&reference.sample, total);
     // The sample's events fall in three hours: three files stay open.
-    let mut buffers = Buffers::new(
-        descriptor.clone(),
-        plan.clone(),
-        &ParquetConfig::default(),
-        Vec::new(),
-    );
+    let mut buffers = reference.buffers(&ParquetConfig::default());
     push(&mut buffers, &events, 0..warm);
 
     // Record by record: almost every push allocates nothing; the few that
@@ -80,22 +68,12 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
 /// many partitions and hour folders take the process past it.
 #[test]
 fn the_budget_counts_what_open_files_hold() {
-    let registry = LocalRegistry::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
-        .expect("schemas compile");
-    let descriptor = registry
-        .message("sluice.examples.OrderPlaced")
+    let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
         .expect("reference event");
-    let sample = OrderSample::new(&descriptor).expect("reference event");
-    let plan = Arc::new(MessagePlan::new(&descriptor, 3).expect("plan"));
     // Three hour folders: three open files.
     for records in [1_000, 3 * (BATCH_ROWS - 100), 60_000] {
-        let events = Encoded::new(&sample, records);
-        let mut buffers = Buffers::new(
-            descriptor.clone(),
-            plan.clone(),
-            &ParquetConfig::default(),
-            Vec::new(),
-        );
+        let events = Encoded::new(&reference.sample, records);
+        let mut buffers = reference.buffers(&ParquetConfig::default());
         let held = allocation_counter::measure(|| push(&mut buffers, &events, 0..records))
             .bytes_current as f64;
         let counted = buffers.buffered_bytes() as f64;

@@ -551,7 +551,11 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
         sink.logs()
     );
     let listed = gc(false);
-    assert!(listed.contains("0 abandoned upload(s)"), "{listed}");
+    assert!(
+        listed.contains("0 abandoned upload(s)"),
+        "{listed}\n{}",
+        sink.logs()
+    );
 
     // The restart reads from the last manifest and commits once; the
     // streamed object is copied to its key and removed.

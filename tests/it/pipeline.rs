@@ -314,13 +314,7 @@ async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
     );
     let read = support::read_back_committed(&storage, None);
     assert!(read["dead_letters"].as_array().unwrap().is_empty());
-    let to = read["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["range"]["to"].as_i64().unwrap())
-        .max()
-        .unwrap_or(-1);
+    let to = committed_to(&read);
     assert!(
         to < 50,
         "the bad record must not be committed (committed up to {to})"
@@ -431,13 +425,7 @@ async fn tombstones_are_dead_letters_skipped_or_fatal_as_configured() {
         "{logs}"
     );
     let read = support::read_back_committed(&storage, None);
-    let to = read["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["range"]["to"].as_i64().unwrap())
-        .max()
-        .unwrap_or(-1);
+    let to = committed_to(&read);
     assert!(to < tombstones[0].0, "committed past the tombstone: {to}");
 }
 
@@ -514,4 +502,15 @@ async fn test_tenants_go_to_their_own_prefix_or_are_dropped() {
         .map(|m| m["skipped"].as_i64().unwrap())
         .sum();
     assert_eq!(skipped, dropped);
+}
+
+/// The last offset the read-back's manifests commit (-1 for none).
+fn committed_to(read: &serde_json::Value) -> i64 {
+    read["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["range"]["to"].as_i64().unwrap())
+        .max()
+        .unwrap_or(-1)
 }
