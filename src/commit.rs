@@ -184,19 +184,8 @@ impl Outbox {
         self.pending.contains_key(&partition)
     }
 
-    /// Drops a revoked partition's manifests: its next owner finds them
-    /// unmarked and finishes them.
-    pub fn forget(&mut self, partition: i32) {
-        self.pending.remove(&partition);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
-    }
-
-    /// Manifests waiting, all partitions.
-    pub fn len(&self) -> usize {
-        self.pending.values().map(Vec::len).sum()
     }
 
     /// Every manifest, partition by partition, each partition's oldest first.

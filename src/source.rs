@@ -72,7 +72,8 @@ pub struct SourceContext {
     /// Whether `events` may hold something: the loop looks at it for every
     /// record, without taking the lock.
     has_events: AtomicBool,
-    /// Set while a checkpoint runs: partitions assigned meanwhile start
+    /// Set while the loop holds reading (memory bound, streamed parts in
+    /// flight, the final drain): partitions assigned meanwhile start
     /// paused, like the rest.
     paused: AtomicBool,
     /// Told whether the consumer is in its group.

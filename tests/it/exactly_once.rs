@@ -8,8 +8,8 @@ use std::time::Duration;
 use sluice::sample::{self, Produced};
 
 use crate::support::{
-    self, FAST_GROUP, Sink, SinkSpec, check_exactly_once, check_published_and_announced,
-    decode_key, ends, reference_sample,
+    self, Sink, check_exactly_once, check_published_and_announced, decode_key, ends,
+    reference_sample,
 };
 
 #[cfg(feature = "failpoints")]
@@ -521,18 +521,10 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
     // One folder and no compression: one file of ~145 MiB per checkpoint,
     // streamed in 5 MiB parts within a 32 MiB budget (the process's own
     // ~60–70 MiB above the budget stay well below the file's size).
-    let extra = format!(
-        "{FAST_GROUP}\n[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"32MiB\"\n\
-         [files]\npath = \"{{event}}/all\"\n"
-    );
-    let mut sink = Sink::with_extra(
-        SinkSpec {
-            topic: &f.topic,
-            storage_url: &f.storage,
-            queue_url: Some(&f.queue),
-            interval: "30s",
-        },
-        &extra,
+    let mut sink = f.sink_with(
+        "30s",
+        "[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"32MiB\"\n\
+         [files]\npath = \"{event}/all\"\n",
     );
     let config = sink.config.clone();
     let gc = |delete: bool| gc(&config, delete);

@@ -85,18 +85,10 @@ async fn streamed_files_survive_every_store_and_queue_fault() {
     // Uncompressed 100 kB records in one folder, files closed at 6 MiB: about
     // ten streamed files, each a 5 MiB part and a tail; with every other
     // call failing, each operation meets each of its faults.
-    let extra = format!(
-        "{FAST_GROUP}\n[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
-         [files]\npath = \"{{event}}/all\"\nmax_bytes = \"6MiB\"\n"
-    );
-    let mut sink = Sink::with_extra(
-        SinkSpec {
-            topic: &f.topic,
-            storage_url: &f.storage,
-            queue_url: Some(&f.queue),
-            interval: "5s",
-        },
-        &extra,
+    let mut sink = f.sink_with(
+        "5s",
+        "[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
+         [files]\npath = \"{event}/all\"\nmax_bytes = \"6MiB\"\n",
     );
     let proxy = FaultProxy::start(&moto(), Plan::everything(2, Duration::from_secs(8)));
     let env = through(&proxy);
@@ -313,23 +305,8 @@ async fn held_uploads_fill_the_memory_bound_without_losing_the_group() {
     const EVENTS: u64 = 300_000;
     let f = support::fixture(2).await;
     let produced = f.produce(0..EVENTS).await;
-    let proxy = FaultProxy::start(
-        &moto(),
-        Plan {
-            rules: Vec::new(),
-            stall: Duration::ZERO,
-        },
-    );
-    proxy.hold(Op::ObjectPut);
-    let mut sink = Sink::with_extra(
-        SinkSpec {
-            topic: &f.topic,
-            storage_url: &f.storage,
-            queue_url: Some(&f.queue),
-            interval: "500ms",
-        },
-        &format!("{FAST_GROUP}\n[memory]\nmax_buffer_bytes = \"16MiB\"\n"),
-    );
+    let proxy = held_store(Op::ObjectPut);
+    let mut sink = f.sink_with("500ms", "[memory]\nmax_buffer_bytes = \"16MiB\"\n");
     start(
         &mut sink,
         &[

@@ -173,6 +173,11 @@ pub async fn fixture(partitions: i32) -> Fixture {
 impl Fixture {
     /// A sink of the fixture with group timeouts for tests that kill members.
     pub fn sink(&self, interval: &str) -> Sink {
+        self.sink_with(interval, "")
+    }
+
+    /// The same, its config ending with `extra` (more TOML tables).
+    pub fn sink_with(&self, interval: &str, extra: &str) -> Sink {
         Sink::with_extra(
             SinkSpec {
                 topic: &self.topic,
@@ -180,7 +185,7 @@ impl Fixture {
                 queue_url: Some(&self.queue),
                 interval,
             },
-            FAST_GROUP,
+            &format!("{FAST_GROUP}\n{extra}"),
         )
     }
 
