@@ -68,8 +68,9 @@ fn main() -> anyhow::Result<()> {
         auto_offset_reset: "earliest".into(),
         properties: BTreeMap::new(),
     };
-    // The same settings as the daemon: its Kafka share of the budget.
-    let consumer: BaseConsumer = sluice::source::client_config(&kafka, "bare", args.budget / 8)
+    // The same settings as the daemon: its Kafka share of the budget, all
+    // of it for the one queue this consumer reads.
+    let consumer: BaseConsumer = sluice::source::client_config(&kafka, "bare", args.budget / 8, 1)
         .set("statistics.interval.ms", "0")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;

@@ -276,8 +276,10 @@ pub struct Buffers {
     parts: Vec<Part>,
     /// Streams of files dropped before they were finished.
     abandoned: Vec<u64>,
-    /// The last stream number given out.
-    last_stream: u64,
+    /// The stream number given out next, and the step to the one after:
+    /// buffers side by side number their streams apart.
+    next_stream: u64,
+    stream_step: u64,
 }
 
 #[derive(Debug)]
@@ -330,7 +332,8 @@ impl Buffers {
             buffered_bytes: 0,
             parts: Vec::new(),
             abandoned: Vec::new(),
-            last_stream: 0,
+            next_stream: 1,
+            stream_step: 1,
         }
     }
 
@@ -362,6 +365,15 @@ impl Buffers {
             *bytes.entry(file.partition).or_default() += file.body.held();
         }
         bytes
+    }
+
+    /// Numbers streams `index + 1`, `index + 1 + of`, …: the `index`th of
+    /// `of` buffers uploading through the same streams.
+    pub fn with_streams_numbered(mut self, index: usize, of: usize) -> Buffers {
+        debug_assert!(index < of);
+        self.next_stream = index as u64 + 1;
+        self.stream_step = of as u64;
+        self
     }
 
     /// The registry's id of the schema the buffers decode with.
@@ -459,8 +471,9 @@ impl Buffers {
                 && let Some(bytes) = file.writer.take_encoded(min)
             {
                 let stream = *file.stream.get_or_insert_with(|| {
-                    self.last_stream += 1;
-                    self.last_stream
+                    let stream = self.next_stream;
+                    self.next_stream += self.stream_step;
+                    stream
                 });
                 file.parts += 1;
                 file.streamed += bytes.len() as u64;

@@ -101,11 +101,27 @@ impl Chains {
         }
     }
 
+    /// Chains of other partitions (another worker's), whose sealed bytes
+    /// count with these: the memory bound is one for all.
+    pub fn beside(&self) -> Chains {
+        let (reports, received) = mpsc::unbounded_channel();
+        Chains {
+            committer: self.committer.clone(),
+            runtime: self.runtime.clone(),
+            chains: HashMap::new(),
+            reports,
+            received,
+            held: self.held.clone(),
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     pub fn committer(&self) -> &Committer {
         &self.committer
     }
 
-    /// Bytes of sealed files whose upload has not finished.
+    /// Bytes of sealed files whose upload has not finished, of these chains
+    /// and those [`Chains::beside`] them.
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }

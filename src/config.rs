@@ -56,6 +56,9 @@ pub struct Config {
     /// Limits on what sluice keeps in memory.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// The threads that read, decode and write.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
     /// What happens to records that cannot become rows.
     #[serde(default)]
     pub errors: ErrorsConfig,
@@ -364,6 +367,30 @@ impl Default for MemoryConfig {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Worker threads, each owning a group of the assigned partitions
+    /// (decoding and Parquet encoding run on them). Default: the CPUs the
+    /// process may use (its cgroup quota included), at most
+    /// [`MAX_DEFAULT_WORKERS`], and no more than the topic has partitions.
+    pub workers: Option<usize>,
+}
+
+/// The most workers a process starts unless `pipeline.workers` says more.
+pub const MAX_DEFAULT_WORKERS: usize = 8;
+
+impl PipelineConfig {
+    /// How many workers read a topic of `partitions` partitions.
+    pub fn workers(&self, partitions: usize) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.workers
+            .unwrap_or_else(|| cpus.min(MAX_DEFAULT_WORKERS))
+            .min(partitions)
+            .max(1)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// `dead_letter` (default): keep the record with the reason under
     /// `<prefix>/_dead_letters/`, committed with the good rows; `fail`: stop
@@ -618,6 +645,12 @@ impl Config {
             if value.trim().is_empty() {
                 return Err(bad(key, "must not be empty".into()));
             }
+        }
+        if self.pipeline.workers == Some(0) {
+            return Err(bad(
+                "pipeline.workers",
+                "expected at least 1 worker thread, got 0".into(),
+            ));
         }
         if !["earliest", "latest"].contains(&self.kafka.auto_offset_reset.as_str()) {
             return Err(bad(

@@ -61,7 +61,7 @@ impl FramingError {
 /// Message-index paths longer than this are refused.
 const MAX_PATH: usize = 8;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Framing {
     Plain,
     Confluent(Confluent),
@@ -84,7 +84,7 @@ pub struct Upgrade {
     pub plan: Arc<MessagePlan>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Confluent {
     registry: Arc<ConfluentRegistry>,
     message: String,
@@ -96,7 +96,7 @@ pub struct Confluent {
     verdicts: HashMap<u32, Verdict>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Verdict {
     /// How records named the message in this schema, each checked once.
     located: Vec<Locator>,

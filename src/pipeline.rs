@@ -3,20 +3,29 @@
 //! runtime) → advise Kafka when it reports. DESIGN.md has it as pseudo-code;
 //! the protocol's invariants are in [`crate::commit`] and [`crate::chain`].
 //!
-//! The loop runs on one dedicated thread: polling and decoding are CPU work
-//! and stay off the async reactor. It never waits for a checkpoint to
-//! commit: checkpoint N commits while N+1 is read. It only stops reading
-//! when the memory budget is full of sealed files still uploading, and at
-//! the end, when it waits for every chain to drain.
+//! Each assigned partition's records arrive on a queue of its own, split
+//! off the consumer's before its fetch starts; worker threads own groups
+//! of partitions and read, decode and write theirs. The calling thread
+//! serves the consumer's own queue (rebalances, statistics, offset commit
+//! results) and hands partitions to workers, so group membership never
+//! waits on a worker. CPU work never runs on the async runtime.
+//!
+//! A worker never waits for a checkpoint to commit: checkpoint N commits
+//! while N+1 is read. It only stops reading — and then the client's bounded
+//! queue of its partitions fills and fetching stops — when the memory
+//! budget is full of sealed files still uploading, and at the end, when it
+//! waits for its chains to drain.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::runtime::Handle;
 use tracing::{error, info, warn};
@@ -31,7 +40,7 @@ use crate::envelope::{Encoding, Envelope};
 use crate::failpoint;
 use crate::framing::Framing;
 use crate::manifest::ManifestError;
-use crate::source::{self, Assignment, KafkaConsumer};
+use crate::source::{self, Assignment, KafkaConsumer, Queue};
 use crate::telemetry::Telemetry;
 use crate::tenancy::{Route, Tenancy};
 
@@ -46,6 +55,8 @@ pub enum RunError {
         partition: i32,
         source: ManifestError,
     },
+    #[error("the Kafka client gave partition {partition} no queue of its own")]
+    Unsplit { partition: i32 },
     #[error(
         "record at partition {partition} offset {offset} cannot become a row ({error}); {key} is `fail`"
     )]
@@ -67,18 +78,54 @@ enum Outcome {
     Failed(Stage, String),
 }
 
-/// How often the loop publishes gauges and counts.
+/// How often a worker publishes gauges and counts.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Records taken between two looks at the clock and the chains' reports.
 const TIMERS_EVERY: u32 = 64;
 
-pub struct Pipeline {
-    consumer: KafkaConsumer,
-    state: State,
+/// Records a worker takes from one partition's queue before it turns to
+/// the next (when the queue has that many).
+const RUN_LENGTH: u32 = 256;
+
+/// What one worker decodes and writes with: its own, for the partitions
+/// it owns.
+#[derive(Debug)]
+pub struct WorkerParts {
+    pub framing: Framing,
+    pub buffers: Buffers,
+    pub dead_letters: DeadLetters,
 }
 
-/// What the loop knows of one assigned partition.
+pub struct Pipeline {
+    consumer: Arc<KafkaConsumer>,
+    workers: Vec<Worker>,
+    shared: Arc<Shared>,
+    committer: Arc<Committer>,
+    runtime: Handle,
+    telemetry: Telemetry,
+}
+
+/// What the workers and the calling thread share.
+#[derive(Debug)]
+struct Shared {
+    /// Set when any of them failed: the rest stop at once, without
+    /// checkpointing (the process exits with the error).
+    failed: AtomicBool,
+    /// Per worker, what it holds: the gauges show the sums.
+    gauges: Vec<Gauges>,
+}
+
+#[derive(Debug, Default)]
+struct Gauges {
+    /// Bytes of open files, as the budget counts them.
+    bytes: AtomicUsize,
+    rows: AtomicU64,
+    /// Checkpoints sealed and not reported.
+    in_flight: AtomicUsize,
+}
+
+/// What a worker knows of one partition it owns.
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
     /// The last offset handed to the partition's chain (committed or on
@@ -92,9 +139,12 @@ struct Progress {
     epoch: u64,
 }
 
-/// Everything the loop owns besides the consumer, whose messages borrow it.
+/// A worker: everything it owns besides its partitions' queues, whose
+/// messages borrow them.
 #[derive(Debug)]
-struct State {
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
     topic: String,
     framing: Framing,
     buffers: Buffers,
@@ -105,8 +155,11 @@ struct State {
     runtime: Handle,
     telemetry: Telemetry,
     checkpoint_interval: Duration,
+    /// The files' share of the budget, all workers.
     max_buffer_bytes: usize,
-    /// Committed progress of the partitions this process owns.
+    /// This worker's part of it, for its open files.
+    share: usize,
+    /// Committed progress of the partitions this worker owns.
     checkpoint: Checkpoint,
     /// Owned partitions and what was read from them since their last seal.
     owned: BTreeMap<i32, Progress>,
@@ -118,8 +171,8 @@ struct State {
     /// partitions past their committed offset, each once.
     consumed: u64,
     /// A bounded run (replay): per partition, the first offset not to
-    /// read. The loop stops when every partition reached its end, and
-    /// commits nothing to the Kafka group.
+    /// read. The worker stops when each of its partitions reached its end,
+    /// and commits nothing to the Kafka group.
     ends: Option<BTreeMap<i32, i64>>,
     /// Partitions of a bounded run whose fetch position passed their end
     /// without a record at `end - 1` (a transaction marker sits there).
@@ -129,18 +182,18 @@ struct State {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("state", &self.state)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
 
 impl Pipeline {
+    /// One worker per element of `parts`; `max_buffer_bytes` is the files'
+    /// share of the budget, split evenly between them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        consumer: KafkaConsumer,
-        framing: Framing,
-        buffers: Buffers,
-        dead_letters: DeadLetters,
+        consumer: Arc<KafkaConsumer>,
+        parts: Vec<WorkerParts>,
         errors: ErrorsConfig,
         committer: Committer,
         runtime: Handle,
@@ -148,20 +201,32 @@ impl Pipeline {
         checkpoint_interval: Duration,
         max_buffer_bytes: usize,
     ) -> Pipeline {
-        Pipeline {
-            consumer,
-            state: State {
+        assert!(!parts.is_empty(), "a pipeline needs a worker");
+        let committer = Arc::new(committer);
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            gauges: parts.iter().map(|_| Gauges::default()).collect(),
+        });
+        let chains = Chains::new(committer.clone(), runtime.clone());
+        let share = max_buffer_bytes / parts.len();
+        let workers = parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, parts)| Worker {
+                index,
+                shared: shared.clone(),
                 topic: committer.topic.clone(),
-                framing,
-                buffers,
-                dead_letters,
-                errors,
+                framing: parts.framing,
+                buffers: parts.buffers,
+                dead_letters: parts.dead_letters,
+                errors: errors.clone(),
                 tenancy: committer.tenancy.clone(),
-                chains: Chains::new(Arc::new(committer), runtime.clone()),
-                runtime,
-                telemetry,
+                chains: chains.beside(),
+                runtime: runtime.clone(),
+                telemetry: telemetry.clone(),
                 checkpoint_interval,
                 max_buffer_bytes,
+                share,
                 checkpoint: Checkpoint::new(),
                 owned: BTreeMap::new(),
                 next_epoch: 1,
@@ -169,14 +234,24 @@ impl Pipeline {
                 consumed: 0,
                 ends: None,
                 passed_end: BTreeSet::new(),
-            },
+            })
+            .collect();
+        Pipeline {
+            consumer,
+            workers,
+            shared,
+            committer,
+            runtime,
+            telemetry,
         }
     }
 
     /// Reads each partition only up to its end offset (exclusive), then
     /// checkpoints and returns; commits no offsets to the group.
     pub fn bounded(mut self, ends: BTreeMap<i32, i64>) -> Pipeline {
-        self.state.ends = Some(ends);
+        for worker in &mut self.workers {
+            worker.ends = Some(ends.clone());
+        }
         self
     }
 
@@ -185,20 +260,233 @@ impl Pipeline {
     pub fn run(self, stop: &AtomicBool) -> Result<(), RunError> {
         let Pipeline {
             consumer,
-            mut state,
+            mut workers,
+            shared,
+            committer,
+            runtime,
+            telemetry,
         } = self;
-        let result = state.read(&consumer, stop);
+        let mut router = Router::new(workers.len());
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            workers.iter().map(|_| mpsc::channel()).unzip();
+        // Partitions assigned before the first poll (a bounded run's): each
+        // worker's run ends with the partitions it was given.
+        let mut failure = router.route(consumer.context().take_events(), &senders, &telemetry);
+        for (worker, partitions) in workers.iter_mut().zip(router.partitions()) {
+            if let Some(ends) = &mut worker.ends {
+                ends.retain(|p, _| partitions.contains(p));
+            }
+        }
+        let result = std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(workers.len());
+            for (mut worker, events) in workers.into_iter().zip(receivers) {
+                let consumer = &consumer;
+                let handle = std::thread::Builder::new()
+                    .name(format!("sluice-worker-{}", worker.index))
+                    .spawn_scoped(scope, move || {
+                        let result = worker.run(consumer, &events, stop);
+                        if result.is_err() {
+                            worker.shared.failed.store(true, Ordering::SeqCst);
+                        }
+                        result
+                    })
+                    .expect("cannot start a worker thread");
+                handles.push(handle);
+            }
+            let threads: Vec<Thread> = handles.iter().map(|h| h.thread().clone()).collect();
+            if failure.is_some() {
+                shared.failed.store(true, Ordering::SeqCst);
+            }
+            // The consumer's own queue: rebalances (which split off the
+            // partitions' queues), statistics, offset commit results.
+            while failure.is_none() && !handles.iter().all(|h| h.is_finished()) {
+                match consumer.poll(source::POLL_TIMEOUT) {
+                    None => {}
+                    Some(Err(e)) => warn!(error = %e, "kafka poll error"),
+                    Some(Ok(message)) => hand_back(&consumer, message),
+                }
+                let events = consumer.context().take_events();
+                if !events.is_empty() {
+                    failure = router.route(events, &senders, &telemetry);
+                    threads.iter().for_each(Thread::unpark);
+                    if failure.is_some() {
+                        shared.failed.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            drop(senders);
+            let mut result = failure.map_or(Ok(()), Err);
+            for handle in handles {
+                let joined = match handle.join() {
+                    Ok(joined) => joined,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                if result.is_ok() {
+                    result = joined;
+                }
+            }
+            result
+        });
+        // Queues of partitions assigned after the workers stopped.
+        drop(consumer.context().take_events());
         if result.is_err() {
             // Files still open will never be committed: their multipart
-            // uploads are aborted rather than left for `sluice gc`.
-            let streams = &state.committer().streams;
-            // The timer is made inside the runtime: this thread is not one
-            // of its workers.
-            let _ = state
-                .runtime
+            // uploads are aborted rather than left for `sluice gc`. The
+            // timer is made inside the runtime: this thread is not one of
+            // its workers.
+            let streams = &committer.streams;
+            let _ = runtime
                 .block_on(async { tokio::time::timeout(ABORT_WITHIN, streams.abort_all()).await });
+        } else {
+            consumer.unsubscribe();
         }
         result
+    }
+}
+
+/// Which worker owns which partition. A partition keeps its worker for the
+/// life of the process; a new one goes to the worker owning fewest.
+#[derive(Debug)]
+struct Router {
+    owner: HashMap<i32, usize>,
+    owned: Vec<BTreeSet<i32>>,
+}
+
+impl Router {
+    fn new(workers: usize) -> Router {
+        Router {
+            owner: HashMap::new(),
+            owned: vec![BTreeSet::new(); workers],
+        }
+    }
+
+    fn partitions(&self) -> impl Iterator<Item = &BTreeSet<i32>> {
+        self.owned.iter()
+    }
+
+    /// Hands each event to the worker of its partition; returns the
+    /// failure that stops the process, if one came.
+    fn route(
+        &mut self,
+        events: Vec<Assignment>,
+        workers: &[mpsc::Sender<Assignment>],
+        telemetry: &Telemetry,
+    ) -> Option<RunError> {
+        let assigned = events
+            .iter()
+            .filter(|e| matches!(e, Assignment::Assigned { .. }))
+            .count();
+        let revoked = events
+            .iter()
+            .filter(|e| matches!(e, Assignment::Revoked { .. }))
+            .count();
+        telemetry.rebalanced(assigned, revoked);
+        let mut failure = None;
+        for event in events {
+            let worker = match &event {
+                Assignment::Assigned { partition, .. } => {
+                    let least = (0..self.owned.len())
+                        .min_by_key(|&w| self.owned[w].len())
+                        .unwrap_or(0);
+                    let worker = *self.owner.entry(*partition).or_insert(least);
+                    self.owned[worker].insert(*partition);
+                    worker
+                }
+                Assignment::Revoked { partition } => {
+                    let Some(&worker) = self.owner.get(partition) else {
+                        continue;
+                    };
+                    self.owned[worker].remove(partition);
+                    worker
+                }
+                Assignment::Failed { .. } | Assignment::Unsplit { .. } => {
+                    if failure.is_none() {
+                        failure = Some(match event {
+                            Assignment::Failed { partition, error } => RunError::Recovery {
+                                partition,
+                                source: error,
+                            },
+                            Assignment::Unsplit { partition } => RunError::Unsplit { partition },
+                            _ => unreachable!(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            // A worker that stopped takes nothing more: the partition is
+            // left to the next owner.
+            let _ = workers[worker].send(event);
+        }
+        failure
+    }
+}
+
+/// A record on the consumer's own queue: its partition's queue was split
+/// off too late. It is fetched again, onto that queue.
+fn hand_back(consumer: &KafkaConsumer, message: BorrowedMessage<'_>) {
+    let at = Offset::Offset(message.offset());
+    let (topic, partition) = (message.topic().to_owned(), message.partition());
+    drop(message);
+    warn!(
+        partition,
+        "a record arrived on the consumer's own queue; fetching it again on the partition's"
+    );
+    if let Err(e) = consumer.seek(&topic, partition, at, Duration::from_secs(10)) {
+        warn!(partition, error = %e, "handing a record back failed");
+    }
+}
+
+/// The queues of a worker's partitions, read in turn.
+struct Queues {
+    queues: Vec<(i32, Queue)>,
+    /// The queue read next, and how many records were taken from it in a
+    /// row.
+    next: usize,
+    run: u32,
+    /// The worker's thread, woken when an empty queue receives records.
+    waker: Thread,
+}
+
+impl Queues {
+    fn new() -> Queues {
+        Queues {
+            queues: Vec::new(),
+            next: 0,
+            run: 0,
+            waker: std::thread::current(),
+        }
+    }
+
+    fn add(&mut self, partition: i32, mut queue: Queue) {
+        let waker = self.waker.clone();
+        queue.set_nonempty_callback(move || waker.unpark());
+        self.remove(partition);
+        self.queues.push((partition, queue));
+    }
+
+    fn remove(&mut self, partition: i32) {
+        self.queues.retain(|(p, _)| *p != partition);
+    }
+
+    /// The next record of any queue, without waiting: from the queue of
+    /// the last one, unless [`RUN_LENGTH`] came from it in a row.
+    fn poll(&mut self) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+        let count = self.queues.len();
+        if self.run >= RUN_LENGTH {
+            self.next += 1;
+            self.run = 0;
+        }
+        for _ in 0..count {
+            let at = self.next % count;
+            if let Some(polled) = self.queues[at].1.poll(Duration::ZERO) {
+                self.next = at;
+                self.run += 1;
+                return Some(polled);
+            }
+            self.next = at + 1;
+            self.run = 0;
+        }
+        None
     }
 }
 
@@ -206,17 +494,26 @@ impl Pipeline {
 /// its open files.
 const ABORT_WITHIN: Duration = Duration::from_secs(30);
 
-impl State {
-    /// The run loop (DESIGN.md); then, on a stop, seals what is buffered
-    /// and waits for every chain.
-    fn read(&mut self, consumer: &KafkaConsumer, stop: &AtomicBool) -> Result<(), RunError> {
+impl Worker {
+    /// Reads its partitions' queues until `stop` (or a bounded run's ends);
+    /// then seals what is buffered and waits for every chain. Returns at
+    /// once, without checkpointing, when another worker failed.
+    fn run(
+        &mut self,
+        consumer: &KafkaConsumer,
+        events: &mpsc::Receiver<Assignment>,
+        stop: &AtomicBool,
+    ) -> Result<(), RunError> {
+        let mut queues = Queues::new();
+        self.apply_assignments(&mut queues, events);
         let mut next_checkpoint = Instant::now() + self.checkpoint_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut since_timers = 0;
         while !stop.load(Ordering::Relaxed) && !self.reached_ends() {
-            let polled = consumer.poll(source::POLL_TIMEOUT);
-            self.apply_assignments(consumer)?;
-            let idle = match polled {
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let idle = match queues.poll() {
                 None => true,
                 Some(Err(e)) => {
                     warn!(error = %e, "kafka poll error");
@@ -228,14 +525,15 @@ impl State {
                 }
             };
             if self.buffers.has_parts() {
-                self.stream_parts(consumer);
+                self.stream_parts();
             }
-            // Reports and timers every few records (no clock read per
-            // record), at once when the poll found nothing.
+            // Reports, assignments and timers every few records (no clock
+            // read per record), at once when the queues are empty.
             since_timers += 1;
             let mut sealed_all = false;
             if idle || since_timers >= TIMERS_EVERY {
                 since_timers = 0;
+                self.apply_assignments(&mut queues, events);
                 self.take_reports(consumer, CommitMode::Async)?;
                 let now = Instant::now();
                 if now >= next_publish {
@@ -259,13 +557,20 @@ impl State {
                 self.seal(consumer, Some(&partitions))?;
             }
             self.hold_while_full(consumer)?;
+            if idle {
+                // Woken by a queue receiving records or by the router.
+                std::thread::park_timeout(source::POLL_TIMEOUT);
+            }
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Ok(());
         }
         self.publish(consumer);
-        info!("stopping: committing what is buffered");
+        if !self.owned.is_empty() {
+            info!(worker = self.index, "stopping: committing what is buffered");
+        }
         self.seal(consumer, None)?;
-        self.drain(consumer)?;
-        consumer.unsubscribe();
-        Ok(())
+        self.drain(consumer)
     }
 
     /// Counts and gauges: records taken, what is buffered, each owned
@@ -288,20 +593,33 @@ impl State {
         }
     }
 
+    /// This worker's buffers into the gauges, which show all workers'.
     fn publish_buffered(&self) {
-        self.telemetry.buffered(
-            self.buffered_bytes(),
+        let mine = &self.shared.gauges[self.index];
+        mine.bytes.store(self.open_bytes(), Ordering::Relaxed);
+        mine.rows.store(
             self.buffers.buffered_rows() + self.dead_letters.buffered_rows(),
+            Ordering::Relaxed,
         );
-        self.telemetry.in_flight(self.chains.pending());
+        mine.in_flight
+            .store(self.chains.pending(), Ordering::Relaxed);
+        let (mut bytes, mut rows, mut in_flight) = (self.sealed_bytes(), 0, 0);
+        for gauges in &self.shared.gauges {
+            bytes += gauges.bytes.load(Ordering::Relaxed);
+            rows += gauges.rows.load(Ordering::Relaxed);
+            in_flight += gauges.in_flight.load(Ordering::Relaxed);
+        }
+        self.telemetry.buffered(bytes, rows);
+        self.telemetry.in_flight(in_flight);
     }
 
-    fn buffered_bytes(&self) -> usize {
-        self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes() + self.sealed_bytes()
+    /// What this worker's open files hold, as the budget counts it.
+    fn open_bytes(&self) -> usize {
+        self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes()
     }
 
-    /// Bytes sealed and still on their way to the store: tails of files and
-    /// parts of streamed files.
+    /// Bytes sealed and still on their way to the store, all workers': tails
+    /// of files and parts of streamed files.
     fn sealed_bytes(&self) -> usize {
         self.chains.held_bytes() + self.committer().streams.held_bytes()
     }
@@ -311,19 +629,13 @@ impl State {
     }
 
     /// Hands the parts of streamed files to their uploads. When as many
-    /// parts as allowed are in flight, consumption pauses until one is
-    /// done.
-    fn stream_parts(&mut self, consumer: &KafkaConsumer) {
+    /// parts as allowed are in flight, reading waits until one is done.
+    fn stream_parts(&mut self) {
         let streams = &self.chains.committer().streams;
         for part in self.buffers.take_parts() {
             let permit = match streams.try_permit() {
                 Some(permit) => Some(permit),
-                None => {
-                    consumer.context().pause_all(consumer);
-                    let permit = wait_polling(&self.runtime, consumer, streams.permit());
-                    consumer.context().resume_all(consumer);
-                    permit
-                }
+                None => self.runtime.block_on(streams.permit()),
             };
             streams.send(part, permit);
         }
@@ -341,13 +653,13 @@ impl State {
     /// partitions holding the most, until a quarter of it would be left.
     /// Closing a file needs about as much again as it holds (its columns
     /// are encoded next to the pages), hence half. What is sealed counts
-    /// until it is uploaded ([`State::hold_while_full`]).
+    /// until it is uploaded ([`Worker::hold_while_full`]).
     fn due_early(&mut self) -> Option<BTreeSet<i32>> {
         let mut due = self.buffers.take_due();
         // Only what is still open: sealed bytes are on their way out, and
         // sealing again would only cut smaller files.
-        let held = self.buffers.buffered_bytes() + self.dead_letters.buffered_bytes();
-        if held >= self.max_buffer_bytes / 2 {
+        let held = self.open_bytes();
+        if held >= self.share / 2 {
             let mut by_partition = self.buffers.bytes_by_partition();
             for (partition, bytes) in self.dead_letters.bytes_by_partition() {
                 *by_partition.entry(partition).or_default() += bytes;
@@ -357,14 +669,14 @@ impl State {
             largest.sort_unstable_by(|a, b| b.cmp(a));
             let mut left = held;
             for (bytes, partition) in largest {
-                if left <= self.max_buffer_bytes / 4 {
+                if left <= self.share / 4 {
                     break;
                 }
                 if due.insert(partition) {
                     left -= bytes;
                 }
             }
-            if held >= self.max_buffer_bytes / 4 * 3 {
+            if held >= self.share / 4 * 3 {
                 // Whatever the estimate per partition says: everything open
                 // is sealed, and `hold_while_full` waits for it to upload.
                 due.extend(self.owned.keys());
@@ -374,24 +686,16 @@ impl State {
         (!due.is_empty()).then_some(due)
     }
 
-    /// Acts on partitions assigned or revoked during the last poll.
-    fn apply_assignments(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
-        let events = consumer.context().take_events();
-        let assigned = events
-            .iter()
-            .filter(|e| matches!(e, Assignment::Assigned { .. }))
-            .count();
-        let revoked = events
-            .iter()
-            .filter(|e| matches!(e, Assignment::Revoked { .. }))
-            .count();
-        self.telemetry.rebalanced(assigned, revoked);
-        for event in events {
+    /// Acts on partitions the router gave or took since the last look.
+    fn apply_assignments(&mut self, queues: &mut Queues, events: &mpsc::Receiver<Assignment>) {
+        while let Ok(event) = events.try_recv() {
             match event {
                 Assignment::Assigned {
                     partition,
                     recovered,
+                    queue,
                 } => {
+                    queues.add(partition, queue);
                     let committed = recovered.last.as_ref().map(|m| m.range.to);
                     let epoch = self.new_epoch();
                     self.owned.insert(
@@ -414,6 +718,7 @@ impl State {
                     self.chains.finish_recovered(partition, recovered.unmarked);
                 }
                 Assignment::Revoked { partition } => {
+                    queues.remove(partition);
                     self.owned.remove(&partition);
                     self.telemetry.lag(partition, 0);
                     self.checkpoint.forget(partition);
@@ -421,15 +726,11 @@ impl State {
                     self.abort_abandoned();
                     self.dead_letters.drop_partition(partition);
                 }
-                Assignment::Failed { partition, error } => {
-                    return Err(RunError::Recovery {
-                        partition,
-                        source: error,
-                    });
+                Assignment::Failed { .. } | Assignment::Unsplit { .. } => {
+                    debug_assert!(false, "the router keeps failures: {event:?}");
                 }
             }
         }
-        Ok(())
     }
 
     fn new_epoch(&mut self) -> u64 {
@@ -776,34 +1077,33 @@ impl State {
         }
     }
 
-    /// The memory bound: when sealed files still uploading fill three
-    /// quarters of the files' share, reading stops (partitions paused, the
-    /// consumer polled for the group) until they are down to half.
+    /// The memory bound: when sealed files still uploading (all workers')
+    /// fill three quarters of the files' share, this worker stops reading
+    /// until they are down to half. Its partitions' queues in the client
+    /// fill to their bound and their fetching stops; the calling thread
+    /// keeps the group served.
     fn hold_while_full(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
         let limit = self.max_buffer_bytes / 4 * 3;
         if self.sealed_bytes() < limit {
             return Ok(());
         }
         self.telemetry
-            .memory_pressure(self.buffered_bytes(), self.owned.len());
-        consumer.context().pause_all(consumer);
+            .memory_pressure(self.open_bytes() + self.sealed_bytes(), self.owned.len());
         let low = self.max_buffer_bytes / 2;
         let held = || self.sealed_bytes();
-        wait_polling(&self.runtime, consumer, async {
-            while held() >= low {
+        let failed = &self.shared.failed;
+        self.runtime.block_on(async {
+            while held() >= low && !failed.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        consumer.context().resume_all(consumer);
         self.take_reports(consumer, CommitMode::Async)
     }
 
-    /// Waits (polling) until every sealed checkpoint is reported, then
+    /// Waits until every checkpoint this worker sealed is reported, then
     /// advises the group synchronously.
     fn drain(&mut self, consumer: &KafkaConsumer) -> Result<(), RunError> {
-        consumer.context().pause_all(consumer);
-        let reports = wait_polling(&self.runtime, consumer, self.chains.drain());
-        consumer.context().resume_all(consumer);
+        let reports = self.runtime.block_on(self.chains.drain());
         self.apply_reports(consumer, reports)?;
         self.advise_kafka(consumer, CommitMode::Sync);
         Ok(())
@@ -831,39 +1131,6 @@ impl State {
                 failpoint::hit(failpoint::AFTER_KAFKA_COMMIT);
             }
             Err(e) => self.telemetry.offsets_commit_failed(&e),
-        }
-    }
-}
-
-/// Runs `future` to completion on the runtime, polling the consumer (whose
-/// partitions are paused) every [`source::POLL_TIMEOUT`] so heartbeats and
-/// rebalances are served.
-fn wait_polling<T>(
-    runtime: &Handle,
-    consumer: &KafkaConsumer,
-    future: impl Future<Output = T>,
-) -> T {
-    let mut future = std::pin::pin!(future);
-    loop {
-        let step = runtime
-            .block_on(async { tokio::time::timeout(source::POLL_TIMEOUT, &mut future).await });
-        match step {
-            Ok(out) => return out,
-            Err(_) => {
-                if let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
-                    // Not expected while paused; hand the record back.
-                    let at = Offset::Offset(message.offset());
-                    let (topic, partition) = (message.topic().to_owned(), message.partition());
-                    drop(message);
-                    let mut tpl = rdkafka::TopicPartitionList::new();
-                    tpl.add_partition(&topic, partition);
-                    let paused = consumer.pause(&tpl);
-                    let sought = consumer.seek(&topic, partition, at, Duration::from_secs(10));
-                    if let Err(e) = paused.and(sought) {
-                        warn!(partition, error = %e, "handing a record back during a checkpoint failed");
-                    }
-                }
-            }
         }
     }
 }

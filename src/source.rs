@@ -8,12 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -41,16 +42,20 @@ pub enum SourceError {
     Subscribe { topic: String, source: KafkaError },
 }
 
+/// The queue of one partition's records, read by the worker that owns it.
+pub type Queue = PartitionQueue<SourceContext>;
+
 /// A change of ownership the run loop must act on, queued by the
 /// rebalance callback (which runs inside `poll`).
-#[derive(Debug)]
 pub enum Assignment {
     /// The partition is ours; the consumer is already positioned right
     /// after its last manifest, and its unmarked manifests are to be
-    /// finished before anything else is committed.
+    /// finished before anything else is committed. Its records arrive on
+    /// `queue`, not on the consumer's.
     Assigned {
         partition: i32,
         recovered: Recovered,
+        queue: Queue,
     },
     /// The partition is no longer ours: drop what is buffered for it.
     Revoked { partition: i32 },
@@ -59,6 +64,37 @@ pub enum Assignment {
         partition: i32,
         error: ManifestError,
     },
+    /// The client gave no queue of its own for the partition.
+    Unsplit { partition: i32 },
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Assignment::Assigned {
+                partition,
+                recovered,
+                ..
+            } => f
+                .debug_struct("Assigned")
+                .field("partition", partition)
+                .field("recovered", recovered)
+                .finish_non_exhaustive(),
+            Assignment::Revoked { partition } => f
+                .debug_struct("Revoked")
+                .field("partition", partition)
+                .finish(),
+            Assignment::Failed { partition, error } => f
+                .debug_struct("Failed")
+                .field("partition", partition)
+                .field("error", error)
+                .finish(),
+            Assignment::Unsplit { partition } => f
+                .debug_struct("Unsplit")
+                .field("partition", partition)
+                .finish(),
+        }
+    }
 }
 
 /// Reads progress from the store when partitions are assigned, so that
@@ -72,10 +108,6 @@ pub struct SourceContext {
     /// Whether `events` may hold something: the loop looks at it for every
     /// record, without taking the lock.
     has_events: AtomicBool,
-    /// Set while the loop holds reading (memory bound, streamed parts in
-    /// flight, the final drain): partitions assigned meanwhile start
-    /// paused, like the rest.
-    paused: AtomicBool,
     /// Told whether the consumer is in its group.
     health: Arc<Health>,
     /// Each partition's high watermark, from the client's statistics.
@@ -84,6 +116,9 @@ pub struct SourceContext {
     /// the revocation callback itself, so a commit chain learns of a lost
     /// partition before the run loop does.
     leases: Mutex<HashMap<i32, Lease>>,
+    /// The consumer this is the context of: assigned partitions are split
+    /// onto queues of their own before their fetch starts.
+    consumer: OnceLock<Weak<KafkaConsumer>>,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -107,11 +142,22 @@ impl SourceContext {
             runtime,
             events: Arc::new(Mutex::new(Vec::new())),
             has_events: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
             health,
             high_watermarks: Mutex::new(BTreeMap::new()),
             leases: Mutex::new(HashMap::new()),
+            consumer: OnceLock::new(),
         }
+    }
+
+    /// Ties the context to its consumer, before it is first polled.
+    fn attach(consumer: &Arc<KafkaConsumer>) {
+        let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// `partition`'s own queue: its records no longer reach the consumer's.
+    fn split(&self, partition: i32) -> Option<Queue> {
+        let consumer = self.consumer.get()?.upgrade()?;
+        consumer.split_partition_queue(&self.topic, partition)
     }
 
     /// The lease of `partition`, while it is owned.
@@ -129,27 +175,6 @@ impl SourceContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Pauses every assigned partition (and those assigned until
-    /// [`SourceContext::resume_all`]): polls then serve heartbeats and
-    /// rebalances but deliver no records.
-    pub fn pause_all(&self, consumer: &KafkaConsumer) {
-        self.paused.store(true, Ordering::SeqCst);
-        if let Ok(assignment) = consumer.assignment()
-            && let Err(e) = consumer.pause(&assignment)
-        {
-            warn!(error = %e, "pausing partitions failed");
-        }
-    }
-
-    pub fn resume_all(&self, consumer: &KafkaConsumer) {
-        self.paused.store(false, Ordering::SeqCst);
-        if let Ok(assignment) = consumer.assignment()
-            && let Err(e) = consumer.resume(&assignment)
-        {
-            warn!(error = %e, "resuming partitions failed");
-        }
     }
 
     /// Takes the queued ownership changes.
@@ -190,6 +215,12 @@ impl SourceContext {
         for partition in partitions {
             match self.recover(partition) {
                 Ok(recovered) => {
+                    // Split before the fetch starts: no record of the
+                    // partition reaches the consumer's own queue.
+                    let Some(queue) = self.split(partition) else {
+                        events.push(Assignment::Unsplit { partition });
+                        continue;
+                    };
                     self.leases
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -208,6 +239,7 @@ impl SourceContext {
                     events.push(Assignment::Assigned {
                         partition,
                         recovered,
+                        queue,
                     });
                 }
                 Err(error) => events.push(Assignment::Failed { partition, error }),
@@ -221,11 +253,6 @@ impl SourceContext {
         match assigned {
             Ok(()) => self.health.set_joined(true),
             Err(e) => warn!(error = %e, "partition assignment failed"),
-        }
-        if self.paused.load(Ordering::SeqCst)
-            && let Err(e) = consumer.pause(tpl)
-        {
-            warn!(error = %e, "pausing new partitions failed");
         }
     }
 
@@ -283,6 +310,9 @@ impl ClientContext for SourceContext {
 /// queue is full (unless set otherwise).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// The least a partition's queue of fetched records is allowed.
+const MIN_QUEUE_KBYTES: u64 = 16;
+
 /// How often the client reports statistics (unless set otherwise).
 const STATISTICS_INTERVAL_MS: &str = "1000";
 
@@ -328,16 +358,29 @@ pub type KafkaConsumer = BaseConsumer<SourceContext>;
 
 /// The librdkafka configuration of the sink's consumer.
 /// `kafka_bytes`: the memory share of the client's fetch buffers — half
-/// for the queue of fetched records, half for one fetch response (at least
-/// 1 MiB, what the broker's default record size limit needs). Pass-through
-/// properties may set them otherwise.
-pub fn client_config(kafka: &KafkaConfig, client_id: &str, kafka_bytes: u64) -> ClientConfig {
+/// for fetched records waiting to be read, shared by `queues` queues (the
+/// client bounds each partition's queue on its own once it is split off),
+/// half for one fetch response (at least 1 MiB, what the broker's default
+/// record size limit needs). Pass-through properties may set them
+/// otherwise.
+pub fn client_config(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    kafka_bytes: u64,
+    queues: usize,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("partition.assignment.strategy", "cooperative-sticky");
     let half = kafka_bytes / 2;
+    let per_queue = (half / queues.max(1) as u64 / 1024).max(MIN_QUEUE_KBYTES);
+    config.set("queued.max.messages.kbytes", per_queue.to_string());
+    // A partition below its bound is fetched again, whatever the others
+    // hold: each fetch of it brings at most its share, so the queues
+    // together stay near twice their bound. (A batch larger than this
+    // still comes whole, one at a time.)
     config.set(
-        "queued.max.messages.kbytes",
-        (half / 1024).max(1024).to_string(),
+        "max.partition.fetch.bytes",
+        (per_queue * 1024).min(1 << 20).to_string(),
     );
     config.set("fetch.max.bytes", half.max(1 << 20).to_string());
     // When the local queue reaches its bound (always, for a consumer slower
@@ -361,16 +404,21 @@ pub fn client_config(kafka: &KafkaConfig, client_id: &str, kafka_bytes: u64) -> 
     config
 }
 
-/// Creates the consumer and subscribes it to the topic.
+/// Creates the consumer and subscribes it to the topic, whose partitions
+/// are at most `partitions`.
 pub fn connect(
     kafka: &KafkaConfig,
     client_id: &str,
     kafka_bytes: u64,
+    partitions: usize,
     context: SourceContext,
-) -> Result<KafkaConsumer, SourceError> {
-    let consumer: KafkaConsumer = client_config(kafka, client_id, kafka_bytes)
-        .create_with_context(context)
-        .map_err(SourceError::Create)?;
+) -> Result<Arc<KafkaConsumer>, SourceError> {
+    let consumer: Arc<KafkaConsumer> = Arc::new(
+        client_config(kafka, client_id, kafka_bytes, partitions)
+            .create_with_context(context)
+            .map_err(SourceError::Create)?,
+    );
+    SourceContext::attach(&consumer);
     consumer
         .subscribe(&[&kafka.topic])
         .map_err(|source| SourceError::Subscribe {
@@ -388,13 +436,16 @@ pub fn assigned(
     client_id: &str,
     kafka_bytes: u64,
     context: SourceContext,
-    starts: impl Iterator<Item = (i32, i64)>,
-) -> Result<KafkaConsumer, SourceError> {
-    let consumer: KafkaConsumer = client_config(kafka, client_id, kafka_bytes)
-        .create_with_context(context)
-        .map_err(SourceError::Create)?;
+    starts: &BTreeMap<i32, i64>,
+) -> Result<Arc<KafkaConsumer>, SourceError> {
+    let consumer: Arc<KafkaConsumer> = Arc::new(
+        client_config(kafka, client_id, kafka_bytes, starts.len())
+            .create_with_context(context)
+            .map_err(SourceError::Create)?,
+    );
+    SourceContext::attach(&consumer);
     let mut tpl = TopicPartitionList::new();
-    for (partition, start) in starts {
+    for (&partition, &start) in starts {
         tpl.add_partition_offset(&kafka.topic, partition, Offset::Offset(start))
             .map_err(SourceError::Create)?;
     }
@@ -419,7 +470,7 @@ pub fn lookup_client(
     kafka: &KafkaConfig,
     client_id: &str,
 ) -> Result<BaseConsumer<Quiet>, SourceError> {
-    client_config(kafka, client_id, 1 << 20)
+    client_config(kafka, client_id, 1 << 20, 1)
         .set("statistics.interval.ms", "0")
         .create_with_context(Quiet)
         .map_err(SourceError::Create)
@@ -486,12 +537,20 @@ mod tests {
                 ("fetch.max.bytes".to_owned(), "1000000".to_owned()),
             ]),
         };
-        let config = client_config(&kafka, "c", 64 << 20);
+        let config = client_config(&kafka, "c", 64 << 20, 1);
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("fetch.max.bytes"), Some("1000000"));
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("queued.max.messages.kbytes"), Some("32768"));
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+        // Split per partition: the same share over all of them.
+        assert_eq!(config.get("max.partition.fetch.bytes"), Some("1048576"));
+        let config = client_config(&kafka, "c", 64 << 20, 64);
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("512"));
+        assert_eq!(config.get("max.partition.fetch.bytes"), Some("524288"));
+        let config = client_config(&kafka, "c", 8 << 20, 4096);
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("16"));
+        assert_eq!(config.get("max.partition.fetch.bytes"), Some("16384"));
     }
 }

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use prost_reflect::MessageDescriptor;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::buffer::{Buffers, FileLimits};
 use crate::commit::{self, Committer};
@@ -17,7 +18,7 @@ use crate::health::{self, Health};
 use crate::layout::{self, PathTemplate};
 use crate::manifest::Manifests;
 use crate::partitioning::{Partitioning, TimeSource};
-use crate::pipeline::{self, Pipeline};
+use crate::pipeline::{self, Pipeline, WorkerParts};
 use crate::schema::{ConfluentRegistry, LocalRegistry, MessagePlan};
 use crate::source::SourceContext;
 use crate::telemetry::Telemetry;
@@ -111,13 +112,25 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
     let files_bytes = usize::try_from(budget - budget / 4).unwrap_or(usize::MAX);
     let streaming = Streaming::within(files_bytes);
     let client_id = format!("sluice-{}", config.event.name);
-    let consumer = match &replay {
-        None => source::connect(&config.kafka, &client_id, kafka_bytes, context)?,
+    let (consumer, partitions) = match &replay {
+        None => {
+            let partitions = topic_partitions(config, &client_id);
+            let consumer =
+                source::connect(&config.kafka, &client_id, kafka_bytes, partitions, context)?;
+            (consumer, partitions)
+        }
         Some(replay) => {
-            let starts = replay.offsets.iter().map(|(&p, &(start, _))| (p, start));
-            source::assigned(&config.kafka, &client_id, kafka_bytes, context, starts)?
+            let starts = replay
+                .offsets
+                .iter()
+                .map(|(&p, &(start, _))| (p, start))
+                .collect();
+            let consumer =
+                source::assigned(&config.kafka, &client_id, kafka_bytes, context, &starts)?;
+            (consumer, starts.len())
         }
     };
+    let workers = config.pipeline.workers(partitions);
 
     let telemetry = Telemetry::new(&config.event.name);
     telemetry.memory_budget(budget);
@@ -143,19 +156,32 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         bloom_filters: Vec::new(),
         ..config.parquet.clone()
     };
-    let dead_letters = DeadLetters::new(
-        writer::properties(&letters_parquet, &dlq::schema(), &[]),
-        metadata.clone(),
-    );
-    let buffers = Buffers::new(descriptor, plan, &config.parquet, metadata)
-        .with_schema_id(schema_id)
-        .with_partitioning(partitioning)
-        .with_limits(FileLimits {
-            max_rows: config.files.max_rows,
-            max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
-            row_group_bytes: streaming.row_group_bytes,
-            part_bytes: store.multipart().then_some(streaming.part_bytes),
-        });
+    let limits = FileLimits {
+        max_rows: config.files.max_rows,
+        max_bytes: usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
+        row_group_bytes: streaming.row_group_bytes,
+        part_bytes: store.multipart().then_some(streaming.part_bytes),
+    };
+    let parts: Vec<WorkerParts> = (0..workers)
+        .map(|index| WorkerParts {
+            framing: framing.clone(),
+            buffers: Buffers::new(
+                descriptor.clone(),
+                plan.clone(),
+                &config.parquet,
+                metadata.clone(),
+            )
+            .with_schema_id(schema_id)
+            .with_partitioning(partitioning.clone())
+            .with_limits(limits)
+            .with_streams_numbered(index, workers),
+            dead_letters: DeadLetters::new(
+                writer::properties(&letters_parquet, &dlq::schema(), &[]),
+                metadata.clone(),
+            ),
+        })
+        .collect();
+    let buffers = &parts[0].buffers;
     for column in &config.parquet.bloom_filters {
         if buffers.schema().field_with_name(column).is_err() {
             let columns: Vec<&str> = buffers
@@ -211,11 +237,10 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         config = %config.redacted(),
         "sluice running"
     );
+    info!(workers, partitions, "worker threads");
     let pipeline = Pipeline::new(
         consumer,
-        framing,
-        buffers,
-        dead_letters,
+        parts,
         config.errors.clone(),
         committer,
         handle,
@@ -238,6 +263,28 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
     info!("stopped cleanly");
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())
+}
+
+/// A topic whose partitions the brokers did not tell at start-up is
+/// read as if it had this many.
+const UNKNOWN_PARTITIONS: usize = 64;
+
+/// How many partitions the sink's topic has: a process never owns more.
+/// They size the client's queues (one per partition) and cap the workers.
+fn topic_partitions(config: &Config, client_id: &str) -> usize {
+    let found = source::lookup_client(&config.kafka, client_id)
+        .map_err(|e| e.to_string())
+        .and_then(|client| {
+            source::topic_partitions(&client, &config.kafka, Duration::from_secs(10))
+        });
+    match found {
+        Ok(partitions) if !partitions.is_empty() => partitions.len(),
+        Ok(_) => UNKNOWN_PARTITIONS,
+        Err(e) => {
+            warn!(error = %e, assumed = UNKNOWN_PARTITIONS, "cannot tell the topic's partitions");
+            UNKNOWN_PARTITIONS
+        }
+    }
 }
 
 /// How much of a file is in memory at once, from the files' share of the

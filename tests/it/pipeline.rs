@@ -60,15 +60,20 @@ async fn hundred_thousand_events_land_with_their_values_and_one_message_per_file
     assert_eq!(produced.len(), 100_000);
 
     let storage = format!("s3://{bucket}/raw");
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: Some(&queue),
-        interval: "3s",
-    });
+    // Three workers for four partitions: one owns two.
+    let mut sink = Sink::with_extra(
+        SinkSpec {
+            topic: &topic,
+            storage_url: &storage,
+            queue_url: Some(&queue),
+            interval: "3s",
+        },
+        "[pipeline]\nworkers = 3\n",
+    );
     sink.start();
     sink.wait_committed(&ends(&produced, PARTITIONS), Duration::from_secs(240));
     let metrics = sink.metrics();
+    let threads = support::thread_cpu_ticks(sink.pid().unwrap());
     let status = sink.stop();
     assert!(status.success(), "exit {status:?}; log:\n{}", sink.logs());
 
@@ -94,6 +99,14 @@ async fn hundred_thousand_events_land_with_their_values_and_one_message_per_file
         .find(|(k, _)| k.starts_with("sluice_records_committed_total"))
         .map(|(_, v)| *v);
     assert_eq!(committed, Some(100_000.0), "metrics: {metrics:?}");
+    // Every worker decoded records of its own partitions.
+    for worker in ["sluice-worker-0", "sluice-worker-1", "sluice-worker-2"] {
+        assert!(
+            threads.get(worker).is_some_and(|&ticks| ticks > 0),
+            "{worker} did no work; CPU ticks by thread: {threads:?}"
+        );
+    }
+    assert!(!threads.contains_key("sluice-worker-3"), "{threads:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

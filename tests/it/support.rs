@@ -1,7 +1,7 @@
 //! Shared test plumbing: the stack's addresses, unique names, a sluice
 //! process under test, and reading results back with pyarrow.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -936,6 +936,32 @@ pub fn peak_rss(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
+}
+
+/// CPU time (utime + stime, in clock ticks) of each thread of process
+/// `pid`, by thread name.
+pub fn thread_cpu_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let mut ticks = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name: state is the first, utime
+        // and stime the 12th and 13th.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        *ticks.entry(name.trim().to_owned()).or_default() += fields.iter().sum::<u64>();
+    }
+    ticks
 }
 
 /// GETs `url`: the status (0 when nothing answers) and the body.
