@@ -458,9 +458,11 @@ impl Queues {
     }
 
     fn add(&mut self, partition: i32, mut queue: Queue) {
+        // An earlier handle of the same queue goes first: dropping it
+        // clears the queue's callback.
+        self.remove(partition);
         let waker = self.waker.clone();
         queue.set_nonempty_callback(move || waker.unpark());
-        self.remove(partition);
         self.queues.push((partition, queue));
     }
 
@@ -525,7 +527,7 @@ impl Worker {
                 }
             };
             if self.buffers.has_parts() {
-                self.stream_parts();
+                self.stream_parts(consumer);
             }
             // Reports, assignments and timers every few records (no clock
             // read per record), at once when the queues are empty.
@@ -630,14 +632,19 @@ impl Worker {
 
     /// Hands the parts of streamed files to their uploads. When as many
     /// parts as allowed are in flight, reading waits until one is done.
-    fn stream_parts(&mut self) {
-        let streams = &self.chains.committer().streams;
+    fn stream_parts(&mut self, consumer: &KafkaConsumer) {
         for part in self.buffers.take_parts() {
+            let streams = &self.chains.committer().streams;
             let permit = match streams.try_permit() {
                 Some(permit) => Some(permit),
-                None => self.runtime.block_on(streams.permit()),
+                None => {
+                    // The counts say where reading stands while it waits.
+                    self.publish(consumer);
+                    let streams = &self.chains.committer().streams;
+                    self.runtime.block_on(streams.permit())
+                }
             };
-            streams.send(part, permit);
+            self.chains.committer().streams.send(part, permit);
         }
     }
 
@@ -1089,6 +1096,7 @@ impl Worker {
         }
         self.telemetry
             .memory_pressure(self.open_bytes() + self.sealed_bytes(), self.owned.len());
+        self.publish(consumer);
         let low = self.max_buffer_bytes / 2;
         let held = || self.sealed_bytes();
         let failed = &self.shared.failed;
