@@ -372,7 +372,8 @@ pub struct PipelineConfig {
     /// (decoding and Parquet encoding run on them). Default: the CPUs the
     /// process may use (its cgroup quota included), at most
     /// [`MAX_DEFAULT_WORKERS`], and no more than the topic has partitions.
-    pub workers: Option<usize>,
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub workers: Option<u64>,
 }
 
 /// The most workers a process starts unless `pipeline.workers` says more.
@@ -383,7 +384,9 @@ impl PipelineConfig {
     pub fn workers(&self, partitions: usize) -> usize {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.workers
-            .unwrap_or_else(|| cpus.min(MAX_DEFAULT_WORKERS))
+            .map_or(cpus.min(MAX_DEFAULT_WORKERS), |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            })
             .min(partitions)
             .max(1)
     }

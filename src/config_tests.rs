@@ -148,6 +148,27 @@ fn unknown_error_policy_lists_the_choices() {
 }
 
 #[test]
+fn workers_are_counted_from_the_cpus_or_set() {
+    let default = parse(MINIMAL, &[]).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(default.pipeline.workers(64), cpus.min(8));
+    assert_eq!(
+        default.pipeline.workers(1),
+        1,
+        "no more than the partitions"
+    );
+    let set = parse(MINIMAL, &[("SLUICE_PIPELINE__WORKERS", "3")]).unwrap();
+    assert_eq!((set.pipeline.workers(64), set.pipeline.workers(2)), (3, 2));
+    let e = error(MINIMAL, &[("SLUICE_PIPELINE__WORKERS", "0")]);
+    assert!(
+        e.contains("pipeline.workers") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = error(MINIMAL, &[("SLUICE_PIPELINE__WORKERS", "two")]);
+    assert!(e.contains("pipeline") && e.contains("whole number"), "{e}");
+}
+
+#[test]
 fn wrong_type_is_rejected() {
     let e = error(&MINIMAL.replace("topic = \"orders\"", "topic = 5"), &[]);
     assert!(
