@@ -308,18 +308,31 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 
 /// How many records `topic` holds, over all its partitions (high minus low
 /// watermark).
+/// A broker that just started may not lead its partitions yet: the count is
+/// tried again for up to half a minute.
 pub fn records_in(brokers: &str, topic: &str) -> Result<i64, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let timeout = std::time::Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut held = 0;
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        held += high - low;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let count = || -> Result<i64, KafkaError> {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let mut held = 0;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+            held += high - low;
+        }
+        Ok(held)
+    };
+    loop {
+        match count() {
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            other => return other,
+        }
     }
-    Ok(held)
 }
 
 /// Produces events `seqs` (as CloudEvents, round-robin over `partitions`)
