@@ -25,6 +25,7 @@ sluice CPU per record ÷ bare CPU per record, medians of the runs.
 import argparse
 import json
 import os
+import shutil
 import platform
 import re
 import statistics
@@ -180,6 +181,9 @@ def run_sluice(bin_dir, args, broker, moto, round_no):
     finally:
         proc.terminate()
         proc.wait(timeout=120)
+        if args.storage == "file":
+            # Each run writes ~1 GB of Parquet: the disk is not the subject.
+            shutil.rmtree(storage[len("file://"):], ignore_errors=True)
     dt = s1["t"] - s0["t"]
     n = s1["committed"] - s0["committed"]
     m = s1["metrics"]

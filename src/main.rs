@@ -7,7 +7,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Buffers are allocated and released every batch and checkpoint; mimalloc
 /// keeps freed memory for reuse where the system allocator returns it to the
-/// kernel and takes page faults to get it back.
+/// kernel and takes page faults to get it back. It is also `malloc` for the
+/// C libraries (the `override` feature): librdkafka allocates and frees a
+/// message's header list for every record, and with the system allocator
+/// that took ~0.4 µs of a bare consumer's 1.25 µs per record.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

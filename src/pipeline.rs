@@ -85,8 +85,10 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const TIMERS_EVERY: u32 = 64;
 
 /// Records a worker takes from one partition's queue before it turns to
-/// the next (when the queue has that many).
-const RUN_LENGTH: u32 = 256;
+/// the next (when the queue has that many): about a fetch's worth of
+/// reference events, so one partition's open files stay in cache (measured:
+/// 2.53 µs per record on the worker at 256, 2.40 at 4096).
+const RUN_LENGTH: u32 = 4096;
 
 /// What one worker decodes and writes with: its own, for the partitions
 /// it owns.
