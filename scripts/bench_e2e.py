@@ -146,7 +146,21 @@ def run_bare(bin_dir, args, broker, moto):
     return result
 
 
+def reset_moto():
+    """Empties moto and makes the demo bucket and queue again: moto keeps
+    every object in memory and slows as they accumulate, so without this
+    each sluice run pays for the ones before it."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    urllib.request.urlopen(urllib.request.Request(
+        f"{endpoint}/moto-api/reset", data=b"", method="POST"), timeout=30).read()
+    subprocess.run([os.path.join(CACHE, "venv", "bin", "python"), "-c",
+                    "import boto3; boto3.client('s3').create_bucket(Bucket='sluice-demo'); "
+                    "boto3.client('sqs').create_queue(QueueName='sluice-demo-files')"],
+                   check=True)
+
+
 def run_sluice(bin_dir, args, broker, moto, round_no):
+    reset_moto()
     port = 20000 + (os.getpid() + round_no) % 10000
     stamp = f"{int(time.time())}-{round_no}"
     if args.storage == "file":
