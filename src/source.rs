@@ -105,8 +105,8 @@ pub struct SourceContext {
     manifests: Manifests,
     runtime: Handle,
     events: Arc<Mutex<Vec<Assignment>>>,
-    /// Whether `events` may hold something: the loop looks at it for every
-    /// record, without taking the lock.
+    /// Whether `events` may hold something: the main thread looks at it
+    /// after every poll, without taking the lock.
     has_events: AtomicBool,
     /// Told whether the consumer is in its group.
     health: Arc<Health>,
