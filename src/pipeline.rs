@@ -472,6 +472,13 @@ impl Queues {
         self.queues.retain(|(p, _)| *p != partition);
     }
 
+    /// The partitions read, in order.
+    fn partitions(&self) -> impl Iterator<Item = i32> {
+        let mut partitions: Vec<i32> = self.queues.iter().map(|(p, _)| *p).collect();
+        partitions.sort_unstable();
+        partitions.into_iter()
+    }
+
     /// The next record of any queue, without waiting: from the queue of
     /// the last one, unless [`RUN_LENGTH`] came from it in a row.
     fn poll(&mut self) -> Option<KafkaResult<BorrowedMessage<'_>>> {
@@ -740,6 +747,10 @@ impl Worker {
                 }
             }
         }
+        debug_assert!(
+            queues.partitions().eq(self.owned.keys().copied()),
+            "a worker reads exactly the partitions it owns"
+        );
     }
 
     fn new_epoch(&mut self) -> u64 {
