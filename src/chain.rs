@@ -14,13 +14,13 @@
 //! What a chain never does: commit after a failure (a failed step stops the
 //! chain, so no later range can leave a gap behind it); commit for a
 //! partition whose lease was lost (revoked: the loss is noticed just before
-//! the commit point); commit a checkpoint sealed before a fence (the loop
+//! the commit point); commit a checkpoint sealed before a fence (the worker
 //! learns of the fence and starts a new epoch; the chain drops the old
 //! epoch's checkpoints, whose uploads become orphans for `sluice gc`).
 //!
-//! Reports ([`Report`]) go back to the run loop over an unbounded channel
-//! that is drained every turn of the loop; nothing a chain does waits on
-//! the loop.
+//! Reports ([`Report`]) go back to the worker that owns the partition over
+//! an unbounded channel, drained every few records; nothing a chain does
+//! waits on the worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -59,7 +59,7 @@ pub enum Assignment {
     },
     /// The partition is no longer ours: drop what is buffered for it.
     Revoked { partition: i32 },
-    /// Progress could not be read from the store; the loop stops.
+    /// Progress could not be read from the store; the process stops.
     Failed {
         partition: i32,
         error: ManifestError,
@@ -518,7 +518,8 @@ pub fn commit_offsets(
     consumer.commit(&tpl, mode)
 }
 
-/// How long a poll waits for a record before the loop checks its timers.
+/// How long the main thread's poll waits for an event, and an idle worker
+/// sleeps, before they look again.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
