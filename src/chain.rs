@@ -89,6 +89,21 @@ impl std::fmt::Debug for Chains {
 
 impl Chains {
     pub fn new(committer: Arc<Committer>, runtime: Handle) -> Chains {
+        Chains::counting_into(committer, runtime, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// Chains of other partitions (another worker's), whose sealed bytes
+    /// count with these: the memory bound is one for all.
+    pub fn beside(&self) -> Chains {
+        Chains::counting_into(
+            self.committer.clone(),
+            self.runtime.clone(),
+            self.held.clone(),
+        )
+    }
+
+    /// Chains whose sealed bytes are counted in `held`.
+    fn counting_into(committer: Arc<Committer>, runtime: Handle, held: Arc<AtomicUsize>) -> Chains {
         let (reports, received) = mpsc::unbounded_channel();
         Chains {
             committer,
@@ -96,22 +111,7 @@ impl Chains {
             chains: HashMap::new(),
             reports,
             received,
-            held: Arc::new(AtomicUsize::new(0)),
-            pending: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Chains of other partitions (another worker's), whose sealed bytes
-    /// count with these: the memory bound is one for all.
-    pub fn beside(&self) -> Chains {
-        let (reports, received) = mpsc::unbounded_channel();
-        Chains {
-            committer: self.committer.clone(),
-            runtime: self.runtime.clone(),
-            chains: HashMap::new(),
-            reports,
-            received,
-            held: self.held.clone(),
+            held,
             pending: Arc::new(AtomicUsize::new(0)),
         }
     }

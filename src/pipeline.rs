@@ -385,33 +385,32 @@ impl Router {
         telemetry.rebalanced(assigned, revoked);
         let mut failure = None;
         for event in events {
-            let worker = match &event {
+            let worker = match event {
                 Assignment::Assigned { partition, .. } => {
                     let least = (0..self.owned.len())
                         .min_by_key(|&w| self.owned[w].len())
                         .unwrap_or(0);
-                    let worker = *self.owner.entry(*partition).or_insert(least);
-                    self.owned[worker].insert(*partition);
+                    let worker = *self.owner.entry(partition).or_insert(least);
+                    self.owned[worker].insert(partition);
                     worker
                 }
                 Assignment::Revoked { partition } => {
-                    let Some(&worker) = self.owner.get(partition) else {
+                    let Some(&worker) = self.owner.get(&partition) else {
                         continue;
                     };
-                    self.owned[worker].remove(partition);
+                    self.owned[worker].remove(&partition);
                     worker
                 }
-                Assignment::Failed { .. } | Assignment::Unsplit { .. } => {
-                    if failure.is_none() {
-                        failure = Some(match event {
-                            Assignment::Failed { partition, error } => RunError::Recovery {
-                                partition,
-                                source: error,
-                            },
-                            Assignment::Unsplit { partition } => RunError::Unsplit { partition },
-                            _ => unreachable!(),
-                        });
-                    }
+                // The first failure is the one reported.
+                Assignment::Failed { partition, error } => {
+                    failure.get_or_insert(RunError::Recovery {
+                        partition,
+                        source: error,
+                    });
+                    continue;
+                }
+                Assignment::Unsplit { partition } => {
+                    failure.get_or_insert(RunError::Unsplit { partition });
                     continue;
                 }
             };
@@ -704,7 +703,9 @@ impl Worker {
 
     /// Acts on partitions the router gave or took since the last look.
     fn apply_assignments(&mut self, queues: &mut Queues, events: &mpsc::Receiver<Assignment>) {
+        let mut changed = false;
         while let Ok(event) = events.try_recv() {
+            changed = true;
             match event {
                 Assignment::Assigned {
                     partition,
@@ -748,7 +749,7 @@ impl Worker {
             }
         }
         debug_assert!(
-            queues.partitions().eq(self.owned.keys().copied()),
+            !changed || queues.partitions().eq(self.owned.keys().copied()),
             "a worker reads exactly the partitions it owns"
         );
     }
