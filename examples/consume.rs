@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         topic: args.topic.clone(),
         group_id: format!("bare-{}", std::process::id()),
         auto_offset_reset: "earliest".into(),
+        security: Default::default(),
         properties: BTreeMap::new(),
     };
     // The same settings as the daemon: its Kafka share of the budget, all

@@ -14,9 +14,16 @@ RUN_DIR="$SLUICE_CACHE/run"
 KAFKA_LOG_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
 KAFKA_PID="$RUN_DIR/kafka-$KAFKA_PORT.pid"
 MOTO_PID="$RUN_DIR/moto-$MOTO_PORT.pid"
+# The certificates of the broker's secured listeners (scripts/dev-pki).
+export KAFKA_PKI_DIR="$RUN_DIR/pki"
 
 # What the demo and the tests use; the SDKs read these.
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+# Its secured listeners (scripts/kafka-broker): SASL_SSL, SSL with client
+# certificates, SASL_PLAINTEXT.
+export KAFKA_SASL_SSL_BROKERS="localhost:$((KAFKA_PORT + 2))"
+export KAFKA_MTLS_BROKERS="localhost:$((KAFKA_PORT + 3))"
+export KAFKA_SASL_PLAINTEXT_BROKERS="127.0.0.1:$((KAFKA_PORT + 4))"
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"

@@ -1,9 +1,12 @@
 //! Sink configuration: one TOML file per event pipeline.
 //!
-//! Loading is three steps: parse the file, apply `SLUICE_<SECTION>__<KEY>`
-//! environment overrides, deserialize into [`Config`] (unknown keys rejected),
-//! then [`Config::validate`] checks what serde cannot. Every error names the
-//! file, the key and what was expected. This module never touches the network.
+//! Loading: parse the file, apply `SLUICE_<SECTION>__<KEY>` environment
+//! overrides (`SLUICE_KAFKA__SECURITY__PROTOCOL` for a nested table),
+//! replace `${VAR}` in every string with the environment's value,
+//! deserialize into [`Config`] (unknown keys rejected), read the secrets
+//! that `…_file` keys name, then [`Config::validate`] checks what serde
+//! cannot. Every error names the file, the key and what was expected. This
+//! module never touches the network.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::dlq::Stage;
+use crate::security::SecurityConfig;
 
 /// A configuration problem a user can fix from the message alone.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +105,12 @@ pub struct KafkaConfig {
     /// (default, as Kafka Connect sinks do) or `latest`.
     #[serde(default = "default_offset_reset")]
     pub auto_offset_reset: String,
-    /// librdkafka properties passed through as they are (security, fetch
-    /// sizes, …). Applied first; the settings sluice depends on override them.
+    /// TLS, client certificates and SASL.
+    #[serde(default)]
+    pub security: SecurityConfig,
+    /// librdkafka properties passed through as they are (fetch sizes, …).
+    /// Applied after `security` (a property given here wins); the settings
+    /// sluice depends on override them.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -580,6 +588,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut config = Self::parse(path, text, env)?;
         config.source_file = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config
+            .kafka
+            .security
+            .read_secret_files(base)
+            .map_err(|e| config.security_error(e))?;
         config.validate()?;
         Ok(config)
     }
@@ -593,7 +607,19 @@ impl Config {
             file: path.to_owned(),
             message: e.message().to_owned() + &location(text, e.span()),
         })?;
-        apply_env_overrides(&mut table, env);
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        apply_env_overrides(&mut table, env.iter().cloned());
+        let vars: BTreeMap<&str, &str> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        interpolate_table(&mut table, "", &vars).map_err(|(key, message)| {
+            ConfigError::Invalid {
+                file: path.to_owned(),
+                key,
+                message,
+            }
+        })?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let mut key = e.path().to_string();
             let mut message = e.inner().message().to_owned();
@@ -614,6 +640,14 @@ impl Config {
                 message,
             }
         })
+    }
+
+    fn security_error(&self, e: crate::security::Invalid) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source_file.clone(),
+            key: format!("kafka.security.{}", e.key),
+            message: e.message,
+        }
     }
 
     /// Checks what deserialization cannot: forms of URLs, names and numbers.
@@ -649,6 +683,10 @@ impl Config {
                 return Err(bad(key, "must not be empty".into()));
             }
         }
+        self.kafka
+            .security
+            .validate()
+            .map_err(|e| self.security_error(e))?;
         if self.pipeline.workers == Some(0) {
             return Err(bad(
                 "pipeline.workers",
@@ -851,21 +889,106 @@ fn apply_env_overrides(table: &mut toml::Table, env: impl IntoIterator<Item = (S
         let Some(rest) = name.strip_prefix("SLUICE_") else {
             continue;
         };
-        let Some((section, key)) = rest.split_once("__") else {
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let [tables @ .., key] = path.as_slice() else {
             continue;
         };
-        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let entry = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let toml::Value::Table(section) = entry {
-            if value.is_empty() {
-                section.remove(&key);
-            } else {
-                section.insert(key, toml::Value::String(value));
+        if tables.is_empty() {
+            continue;
+        }
+        override_key(table, tables, key, value);
+    }
+}
+
+/// Sets (or, for an empty value, removes) `key` in the table at `tables`,
+/// making the tables that are missing; a path through a non-table is left
+/// alone (deserialization then names the key).
+fn override_key(table: &mut toml::Table, tables: &[String], key: &str, value: String) {
+    match tables.split_first() {
+        Some((name, rest)) => {
+            let entry = table
+                .entry(name.as_str())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                override_key(inner, rest, key, value);
             }
         }
+        None if value.is_empty() => {
+            table.remove(key);
+        }
+        None => {
+            table.insert(key.to_owned(), toml::Value::String(value));
+        }
     }
+}
+
+/// Replaces `${VAR}` in every string of `table` with the variable's value
+/// (`$${` stands for a literal `${`); an unset variable is an error naming
+/// the key and the variable.
+fn interpolate_table(
+    table: &mut toml::Table,
+    prefix: &str,
+    vars: &BTreeMap<&str, &str>,
+) -> Result<(), (String, String)> {
+    for (name, value) in table.iter_mut() {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        interpolate_value(value, &key, vars)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    key: &str,
+    vars: &BTreeMap<&str, &str>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(text) if text.contains("${") => {
+            *text = interpolate(text, vars).map_err(|m| (key.to_owned(), m))?;
+        }
+        toml::Value::Table(table) => interpolate_table(table, key, vars)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                interpolate_value(item, key, vars)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn interpolate(text: &str, vars: &BTreeMap<&str, &str>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        if rest[..at].ends_with('$') {
+            out.push_str(&rest[..at - 1]);
+            out.push_str("${");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            return Err("`${` without a closing `}` (write `$${` for a literal `${`)".into());
+        };
+        let name = &rest[at + 2..at + end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "`${{{name}}}` is not an environment variable name (letters, digits, `_`)"
+            ));
+        }
+        match vars.get(name) {
+            Some(value) => out.push_str(value),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn missing_field(message: &str) -> Option<String> {

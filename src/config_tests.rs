@@ -309,3 +309,50 @@ fn redacted_dump_masks_secrets_and_keeps_the_rest() {
     assert!(dump.contains("https://ops:***@sqs.example/1/q"), "{dump}");
     assert!(dump.contains(r#""url":"s3://bucket/prefix""#), "{dump}");
 }
+
+#[test]
+fn environment_variables_fill_values_and_nested_overrides_reach_security() {
+    let text = format!(
+        "{MINIMAL}[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+         sasl_username = \"${{KAFKA_USER}}-sink\"\nsasl_password = \"${{KAFKA_PASSWORD}}\"\n"
+    );
+    let config = parse(
+        &text,
+        &[
+            ("KAFKA_USER", "sluice"),
+            ("KAFKA_PASSWORD", "s3cret-pass"),
+            ("SLUICE_KAFKA__SECURITY__CA_FILE", "/etc/ca.pem"),
+        ],
+    )
+    .unwrap();
+    let security = &config.kafka.security;
+    assert_eq!(security.sasl_username.as_deref(), Some("sluice-sink"));
+    assert_eq!(security.sasl_password.as_ref().unwrap().expose(), "s3cret-pass");
+    assert_eq!(security.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    let shown = format!("{config:?} {}", config.redacted());
+    assert!(!shown.contains("s3cret-pass"), "{shown}");
+
+    let unset = error(&text, &[("KAFKA_USER", "sluice")]);
+    assert_eq!(
+        unset,
+        "sinks/test.toml: key `kafka.security.sasl_password`: environment variable KAFKA_PASSWORD is not set"
+    );
+    let literal = parse(
+        &format!("{MINIMAL}[kafka.properties]\n\"client.rack\" = \"$${{not-a-var}}\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(literal.kafka.properties["client.rack"], "${not-a-var}");
+}
+
+#[test]
+fn security_mistakes_name_the_key() {
+    let text = format!("{MINIMAL}[kafka.security]\nprotocol = \"sasl_ssl\"\n");
+    assert!(
+        error(&text, &[]).starts_with("sinks/test.toml: key `kafka.security.sasl_mechanism`: "),
+        "{}",
+        error(&text, &[])
+    );
+    let text = format!("{MINIMAL}[kafka.security]\nprotocol = \"tls\"\n");
+    assert!(error(&text, &[]).contains("expected `plaintext`, `ssl`"), "{}", error(&text, &[]));
+}

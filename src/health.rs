@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Health {
     joined: AtomicBool,
+    /// Why Kafka refuses sluice (TLS, SASL, ACLs), while it does.
+    refused: Mutex<Option<String>>,
     store: Arc<dyn ObjectStore>,
     /// Listed to check the store answers (the sink's manifests).
     probe_prefix: String,
@@ -39,6 +41,7 @@ impl Health {
     pub fn new(store: Arc<dyn ObjectStore>, probe_prefix: String) -> Arc<Health> {
         Arc::new(Health {
             joined: AtomicBool::new(false),
+            refused: Mutex::new(None),
             store,
             probe_prefix,
         })
@@ -49,8 +52,16 @@ impl Health {
         self.joined.store(joined, Ordering::Relaxed);
     }
 
+    /// Why Kafka refuses sluice now (`None`: it does not).
+    pub fn set_refused(&self, why: Option<String>) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
     /// `Ok` when ready to take traffic, else what is missing.
     pub async fn ready(&self) -> Result<(), String> {
+        if let Some(why) = self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(format!("Kafka refuses sluice: {why}"));
+        }
         if !self.joined.load(Ordering::Relaxed) {
             return Err("not a member of the consumer group yet".to_owned());
         }

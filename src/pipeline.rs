@@ -57,6 +57,11 @@ pub enum RunError {
     },
     #[error("the Kafka client gave partition {partition} no queue of its own")]
     Unsplit { partition: i32 },
+    #[error("Kafka refused sluice for {}: {failure}", humantime::format_duration(*.after))]
+    Refused {
+        failure: crate::diagnose::Failure,
+        after: Duration,
+    },
     #[error(
         "record at partition {partition} offset {offset} cannot become a row ({error}); {key} is `fail`"
     )]
@@ -304,8 +309,16 @@ impl Pipeline {
             while failure.is_none() && !handles.iter().all(|h| h.is_finished()) {
                 match consumer.poll(source::POLL_TIMEOUT) {
                     None => {}
-                    Some(Err(e)) => warn!(error = %e, "kafka poll error"),
+                    Some(Err(e)) => consumer.context().report_poll(&e),
                     Some(Ok(message)) => hand_back(&consumer, message),
+                }
+                if let Some(refused) = consumer.context().refused() {
+                    failure = Some(RunError::Refused {
+                        failure: refused,
+                        after: consumer.context().refused_timeout(),
+                    });
+                    shared.failed.store(true, Ordering::SeqCst);
+                    break;
                 }
                 let events = consumer.context().take_events();
                 if !events.is_empty() {

@@ -21,10 +21,11 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::chain::Lease;
 use crate::config::KafkaConfig;
+use crate::diagnose::{Failure, Recorder};
 use crate::health::Health;
 use crate::manifest::{ManifestError, Manifests, Recovered};
 
@@ -119,6 +120,10 @@ pub struct SourceContext {
     /// The consumer this is the context of: assigned partitions are split
     /// onto queues of their own before their fetch starts.
     consumer: OnceLock<Weak<KafkaConsumer>>,
+    /// What the client reported about connecting (TLS, SASL, ACLs).
+    recorder: Recorder,
+    /// `kafka.security.auth_failure_timeout`.
+    refused_timeout: Duration,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -131,13 +136,13 @@ impl std::fmt::Debug for SourceContext {
 
 impl SourceContext {
     pub fn new(
-        topic: &str,
+        kafka: &KafkaConfig,
         manifests: Manifests,
         runtime: Handle,
         health: Arc<Health>,
     ) -> SourceContext {
         SourceContext {
-            topic: topic.to_owned(),
+            topic: kafka.topic.clone(),
             manifests,
             runtime,
             events: Arc::new(Mutex::new(Vec::new())),
@@ -146,7 +151,79 @@ impl SourceContext {
             high_watermarks: Mutex::new(BTreeMap::new()),
             leases: Mutex::new(HashMap::new()),
             consumer: OnceLock::new(),
+            recorder: Recorder::new(kafka),
+            refused_timeout: kafka.security.auth_failure_timeout,
         }
+    }
+
+    /// Takes in an error the client reported with its reason: a refusal
+    /// (TLS, SASL, ACL) is logged once as one line and makes `/readyz` say
+    /// why; anything else is logged as librdkafka put it.
+    pub fn report(&self, error: &KafkaError, reason: &str) {
+        let reason = self.recorder.scrub(reason);
+        if !self.refusal(error.rdkafka_error_code(), &reason) {
+            let error = self.recorder.scrub(&error.to_string());
+            warn!(target: "librdkafka", error, "{reason}");
+        }
+    }
+
+    /// Takes in an error a poll returned: ACL denials are refusals; the
+    /// client's other errors reached [`ClientContext::error`] with their
+    /// reasons already.
+    pub fn report_poll(&self, error: &KafkaError) {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        let code = error.rdkafka_error_code();
+        let line = self.recorder.scrub(&error.to_string());
+        let denial = matches!(
+            code,
+            Some(
+                Code::TopicAuthorizationFailed
+                    | Code::GroupAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed
+            )
+        );
+        if denial && self.refusal(code, &line) {
+            return;
+        }
+        if matches!(
+            code,
+            Some(Code::Authentication | Code::SSL | Code::AllBrokersDown)
+        ) {
+            debug!(target: "librdkafka", "{line}");
+        } else {
+            warn!(error = %line, "kafka poll error");
+        }
+    }
+
+    /// Whether `line` (scrubbed) tells of a refusal; if so it is logged
+    /// once as one line, and `/readyz` says why.
+    fn refusal(&self, code: Option<rdkafka::error::RDKafkaErrorCode>, line: &str) -> bool {
+        match self.recorder.record(code, line) {
+            Some((failure, new)) if failure.is_auth() => {
+                self.health.set_refused(Some(failure.to_string()));
+                if new {
+                    error!(
+                        step = %failure.step,
+                        "Kafka refused sluice: {}; the run stops if this lasts {}",
+                        failure.message,
+                        humantime::format_duration(self.refused_timeout)
+                    );
+                }
+                debug!(target: "librdkafka", "{line}");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How long Kafka may refuse sluice before the run stops.
+    pub fn refused_timeout(&self) -> Duration {
+        self.refused_timeout
+    }
+
+    /// The refusal that has lasted `kafka.security.auth_failure_timeout`.
+    pub fn refused(&self) -> Option<Failure> {
+        self.recorder.refused_for(self.refused_timeout)
     }
 
     /// Ties the context to its consumer, before it is first polled.
@@ -285,12 +362,41 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's log lines, without secrets, at their level; a refusal
+    /// as one line of sluice's.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        let line = self.recorder.scrub(line);
+        let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
+        if serious && self.refusal(None, &line) {
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(target: "librdkafka", facility, "{line}"),
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{line}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", facility, "{line}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{line}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(&error, reason);
+    }
+
     /// Every [`STATISTICS_INTERVAL_MS`]: group membership for `/readyz`,
     /// high watermarks for the lag gauges.
     fn stats(&self, statistics: Statistics) {
         if let Some(group) = &statistics.cgrp {
-            self.health
-                .set_joined(group.state == "up" && group.join_state == "steady");
+            let joined = group.state == "up" && group.join_state == "steady";
+            self.health.set_joined(joined);
+            if joined {
+                self.recorder.clear();
+                self.health.set_refused(None);
+            }
         }
         if let Some(topic) = statistics.topics.get(&self.topic) {
             let mut marks = self
@@ -390,6 +496,7 @@ pub fn client_config(
     // header). A short backoff keeps the queue fed within the same bound.
     config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    kafka.security.apply(&mut config);
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -470,9 +577,18 @@ pub fn lookup_client(
     kafka: &KafkaConfig,
     client_id: &str,
 ) -> Result<BaseConsumer<Quiet>, SourceError> {
+    lookup_client_with(kafka, client_id, Quiet)
+}
+
+/// As [`lookup_client`], with the client's reports going to `context`.
+pub fn lookup_client_with<C: ConsumerContext>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    context: C,
+) -> Result<BaseConsumer<C>, SourceError> {
     client_config(kafka, client_id, 1 << 20, 1)
         .set("statistics.interval.ms", "0")
-        .create_with_context(Quiet)
+        .create_with_context(context)
         .map_err(SourceError::Create)
 }
 
@@ -533,6 +649,7 @@ mod tests {
             topic: "t".into(),
             group_id: "g".into(),
             auto_offset_reset: "earliest".into(),
+            security: Default::default(),
             properties: BTreeMap::from([
                 ("enable.auto.commit".to_owned(), "true".to_owned()),
                 ("fetch.max.bytes".to_owned(), "1000000".to_owned()),

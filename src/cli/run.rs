@@ -99,7 +99,7 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
             .map_err(anyhow::Error::msg)?;
     }
     let context = SourceContext::new(
-        &config.kafka.topic,
+        &config.kafka,
         manifests.clone(),
         handle.clone(),
         health,
