@@ -18,6 +18,7 @@ mod operability;
 mod parquet;
 mod pipeline;
 mod registry;
+mod security;
 mod stores;
 mod subcommands;
 mod support;

@@ -1,0 +1,247 @@
+//! Secured Kafka: the local broker's SASL_SSL, mTLS and SASL_PLAINTEXT
+//! listeners (scripts/kafka-broker with the certificates scripts/dev-pki
+//! makes; users and ACLs from scripts/kafka-security). Records are produced
+//! over the PLAINTEXT listener; sluice reads them over a secured one.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    self, Sink, check_exactly_once, check_published_and_announced, ends, reference_sample,
+};
+
+fn pki() -> PathBuf {
+    std::env::var_os("KAFKA_PKI_DIR").map_or_else(
+        || {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/sluice-dev/run/pki")
+        },
+        PathBuf::from,
+    )
+}
+
+fn listener(variable: &str, offset: u16) -> String {
+    std::env::var(variable).unwrap_or_else(|_| format!("localhost:{}", 9092 + offset))
+}
+
+fn sasl_ssl() -> String {
+    listener("KAFKA_SASL_SSL_BROKERS", 2)
+}
+
+fn mtls() -> String {
+    listener("KAFKA_MTLS_BROKERS", 3)
+}
+
+/// `[kafka.security]` for SCRAM-SHA-512 over TLS as `user`, then `more`.
+fn scram(user: &str, more: &str) -> String {
+    format!(
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+         sasl_username = \"{user}\"\nca_file = \"{}\"\n{more}\n",
+        pki().join("ca.pem").display()
+    )
+}
+
+/// `[kafka.security]` for mutual TLS, the key's password from its file.
+fn mutual_tls() -> String {
+    let pki = pki();
+    format!(
+        "[kafka.security]\nprotocol = \"ssl\"\nca_file = \"{}\"\ncert_file = \"{}\"\n\
+         key_file = \"{}\"\nkey_password_file = \"{}\"\n",
+        pki.join("ca.pem").display(),
+        pki.join("client.crt").display(),
+        pki.join("client.key").display(),
+        pki.join("client.key.password").display(),
+    )
+}
+
+/// Produces over PLAINTEXT, runs sluice over `brokers` with `security`
+/// (and `env`), and checks that exactly what was produced was committed,
+/// published and announced; returns the sink's logs.
+async fn pipeline_over(brokers: &str, security: &str, env: &[(&str, &str)]) -> String {
+    let fixture = support::fixture(2).await;
+    let produced = fixture.produce(0..4_000).await;
+    let mut sink = fixture.sink_with("1s", security);
+    let mut env = env.to_vec();
+    env.push(("SLUICE_KAFKA__BROKERS", brokers));
+    env.push(("SLUICE_LOG", "debug"));
+    sink.start_with_env(&env);
+    sink.wait_committed(&ends(&produced, fixture.partitions), Duration::from_secs(120));
+    let status = sink.stop();
+    assert!(status.success(), "exit {status:?}; log:\n{}", sink.logs());
+    let read = fixture.read();
+    check_exactly_once(&read, &produced, &reference_sample());
+    check_published_and_announced(&read);
+    sink.logs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_512_over_tls_with_the_password_from_the_environment() {
+    let logs = pipeline_over(
+        &sasl_ssl(),
+        &scram("sluice", "sasl_password = \"${TEST_KAFKA_PASSWORD}\""),
+        &[("TEST_KAFKA_PASSWORD", "scram-secret")],
+    )
+    .await;
+    assert!(!logs.contains("scram-secret"), "the password was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_over_tls_with_the_password_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "plain-secret\n").unwrap();
+    let security = format!(
+        "[kafka.security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\n\
+         sasl_username = \"sluice-plain\"\nsasl_password_file = \"{}\"\nca_file = \"{}\"\n",
+        file.display(),
+        pki().join("ca.pem").display()
+    );
+    let logs = pipeline_over(&sasl_ssl(), &security, &[]).await;
+    assert!(!logs.contains("plain-secret"), "the password was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_an_encrypted_key() {
+    let password = std::fs::read_to_string(pki().join("client.key.password")).unwrap();
+    let logs = pipeline_over(&mtls(), &mutual_tls(), &[]).await;
+    assert!(!logs.contains(password.trim()), "the key's password was logged:\n{logs}");
+}
+
+/// `sluice check` of a sink on `brokers` with `security`: its `kafka`
+/// line, and the whole output (stdout and stderr).
+fn check_kafka(brokers: &str, security: &str, env: &[(&str, &str)]) -> (String, String) {
+    let sink = Sink::with_extra(
+        support::SinkSpec {
+            topic: "orders.order_placed",
+            storage_url: "file:///tmp/sluice-check-security",
+            queue_url: None,
+            interval: "10s",
+        },
+        security,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&sink.config)
+        .env("SLUICE_KAFKA__BROKERS", brokers)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" kafka "))
+        .unwrap_or_else(|| panic!("no kafka line:\n{all}"))
+        .to_owned();
+    (line, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_failing_step_in_one_line() {
+    // The topic the checks look at.
+    sluice::sample::ensure_topic(&support::brokers(), "orders.order_placed", 4)
+        .await
+        .unwrap();
+    let password = "sasl_password = \"scram-secret\"";
+    let (ok, all) = check_kafka(&sasl_ssl(), &scram("sluice", password), &[]);
+    assert!(ok.starts_with("ok "), "{all}");
+    assert!(
+        ok.contains("SASL_SSL, SCRAM-SHA-512 as user `sluice`, TLSv1.3, broker certificate CN=localhost (expires "),
+        "{ok}"
+    );
+    let (ok, all) = check_kafka(&mtls(), &mutual_tls(), &[]);
+    assert!(ok.starts_with("ok ") && ok.contains("(SSL, TLSv1"), "{all}");
+
+    let other_ca = format!("ca_file = \"{}\"", pki().join("other-ca.pem").display());
+    let untrusted = scram("sluice", password).replace(
+        &format!("ca_file = \"{}\"", pki().join("ca.pem").display()),
+        &other_ca,
+    );
+    let mismatch_host = sasl_ssl().replace("localhost", "127.0.0.1");
+    let cases: [(&str, String, String, &str); 6] = [
+        (
+            "wrong password",
+            sasl_ssl(),
+            scram("sluice", "sasl_password = \"not-the-password\""),
+            "SASL authentication: the broker sasl_ssl://localhost:",
+        ),
+        (
+            "untrusted CA",
+            sasl_ssl(),
+            untrusted,
+            "certificate is not signed by a trusted CA",
+        ),
+        (
+            "host name mismatch",
+            mismatch_host,
+            scram("sluice", password),
+            "(host name mismatch)",
+        ),
+        (
+            "missing client certificate",
+            mtls(),
+            format!(
+                "[kafka.security]\nprotocol = \"ssl\"\nca_file = \"{}\"\n",
+                pki().join("ca.pem").display()
+            ),
+            "requires a client certificate (mTLS)",
+        ),
+        (
+            "topic ACL",
+            sasl_ssl(),
+            scram("no-topic", password),
+            "authorization: the brokers' ACLs deny user `no-topic` the topic orders.order_placed",
+        ),
+        (
+            "group ACL",
+            sasl_ssl(),
+            scram("no-group", password),
+            "authorization: the brokers' ACLs deny user `no-group` the consumer group",
+        ),
+    ];
+    for (case, brokers, security, expected) in cases {
+        let started = Instant::now();
+        let (line, all) = check_kafka(&brokers, &security, &[]);
+        assert!(line.starts_with("FAIL  kafka "), "{case}: {all}");
+        assert!(line.contains(expected), "{case}: {line}");
+        assert!(!line.contains("BrokerTransportFailure"), "{case}: {line}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{case}: took {:?}", started.elapsed());
+        assert!(
+            !all.contains("not-the-password") && !all.contains("scram-secret"),
+            "{case}: a password was printed:\n{all}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_when_kafka_keeps_refusing_it() {
+    let fixture = support::fixture(1).await;
+    let security = scram(
+        "sluice",
+        "sasl_password = \"${TEST_WRONG_PASSWORD}\"\nauth_failure_timeout = \"3s\"",
+    );
+    let mut sink = fixture.sink_with("1s", &security);
+    let started = Instant::now();
+    sink.start_with_env(&[
+        ("SLUICE_KAFKA__BROKERS", &sasl_ssl()),
+        ("TEST_WRONG_PASSWORD", "wrong-password-here"),
+        ("SLUICE_LOG", "debug"),
+        ("SLUICE_KAFKA__PROPERTIES__DEBUG", "security,broker,conf"),
+    ]);
+    support::wait_until("/readyz to say why", Duration::from_secs(30), || {
+        let (status, body) =
+            support::http_get(&format!("http://127.0.0.1:{}/readyz", sink.metrics_port));
+        status == 503 && body.contains("SASL authentication")
+    });
+    let status = sink.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "sluice kept running; log:\n{}", sink.logs());
+    assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
+    let logs = sink.logs();
+    let refused: Vec<&str> = logs.lines().filter(|l| l.contains("Kafka refused sluice")).collect();
+    assert!(
+        refused.iter().any(|l| l.contains("SASL authentication")
+            && l.contains("invalid credentials")),
+        "{logs}"
+    );
+    assert!(!logs.contains("wrong-password-here"), "the password was logged:\n{logs}");
+}
