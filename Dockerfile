@@ -14,7 +14,9 @@ RUN cargo fetch --locked
 RUN cargo build --release --locked --offline --bin sluice
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+# libssl3: librdkafka's TLS and SASL use the system's OpenSSL, so its
+# security updates come with the base image (DESIGN.md, Kafka security).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home sluice
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice

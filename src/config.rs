@@ -552,6 +552,26 @@ pub enum StorageUrl {
     Local { dir: PathBuf },
 }
 
+impl KafkaConfig {
+    /// Every secret of the Kafka settings (`[kafka.security]`'s, and
+    /// pass-through properties whose names say password, secret or JAAS),
+    /// to be kept out of log lines and errors.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut secrets: Vec<&str> = self.security.secrets().collect();
+        secrets.extend(
+            self.properties
+                .iter()
+                .filter(|(key, _)| {
+                    ["password", "secret", "jaas", "ssl.key.pem"]
+                        .iter()
+                        .any(|s| key.to_ascii_lowercase().contains(s))
+                })
+                .map(|(_, value)| value.as_str()),
+        );
+        secrets
+    }
+}
+
 impl Config {
     /// The effective configuration as JSON with secrets masked: values
     /// whose key says password, secret, token, JAAS or PEM key (Kafka's

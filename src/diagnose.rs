@@ -11,18 +11,20 @@
 use std::fmt;
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openssl::pkey::PKey;
 use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
 use openssl::x509::X509;
 use rdkafka::ClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::KafkaConfig;
+use crate::msk_iam::MskIam;
 use crate::security::{Protocol, SecurityConfig, scrub};
 
 /// The step of connecting that failed.
@@ -206,6 +208,10 @@ pub fn denied(code: RDKafkaErrorCode, security: &SecurityConfig, topic: &str, gr
 /// it. Logs nothing itself.
 pub struct Recorder {
     security: SecurityConfig,
+    /// Kept out of everything recorded.
+    secrets: Vec<String>,
+    /// Signs OAUTHBEARER tokens (AWS_MSK_IAM).
+    tokens: Option<Arc<MskIam>>,
     topic: String,
     group: String,
     state: Mutex<Recorded>,
@@ -232,9 +238,11 @@ impl fmt::Debug for Recorder {
 const KEPT: usize = 16;
 
 impl Recorder {
-    pub fn new(kafka: &KafkaConfig) -> Recorder {
+    pub fn new(kafka: &KafkaConfig, tokens: Option<Arc<MskIam>>) -> Recorder {
         Recorder {
             security: kafka.security.clone(),
+            secrets: kafka.secrets().into_iter().map(str::to_owned).collect(),
+            tokens,
             topic: kafka.topic.clone(),
             group: kafka.group_id.clone(),
             state: Mutex::new(Recorded::default()),
@@ -259,7 +267,7 @@ impl Recorder {
 
     /// `line` without the secrets of the config.
     pub fn scrub(&self, line: &str) -> String {
-        scrub(line, self.security.secrets())
+        scrub(line, self.secrets.iter().map(String::as_str))
     }
 
     /// Takes in an error the client reported (`reason` already scrubbed).
@@ -299,7 +307,24 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// A token for librdkafka's OAUTHBEARER refresh, from the token source.
+    pub fn oauth_token(&self) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let tokens = self
+            .tokens
+            .as_ref()
+            .ok_or("no OAUTHBEARER token source is configured")?;
+        tokens.token()
+    }
+}
+
 impl ClientContext for Recorder {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.oauth_token()
+    }
+
     fn log(&self, level: RDKafkaLogLevel, _: &str, line: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
             self.record(None, &self.scrub(line));
@@ -530,7 +555,7 @@ mod tests {
              sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"sluice\"\nsasl_password = \"hunter2\"",
         )
         .unwrap();
-        let recorder = Recorder::new(&kafka);
+        let recorder = Recorder::new(&kafka, None);
         recorder.error(
             KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
             "sasl_ssl://h:1/bootstrap: Connect to ipv4#1.2.3.4:1 failed: Connection refused",

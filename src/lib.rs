@@ -24,6 +24,7 @@ pub mod gc;
 pub mod health;
 pub mod layout;
 pub mod manifest;
+pub mod msk_iam;
 pub mod notify;
 pub mod partitioning;
 pub mod pipeline;

@@ -37,10 +37,20 @@ const FORCED: [(&str, &str); 2] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// librdkafka's message, scrubbed of secrets (it quotes the values of
+    /// properties it refuses).
     #[error("cannot create the Kafka consumer: {0}")]
-    Create(KafkaError),
+    Create(String),
+    #[error("{0}")]
+    Tokens(String),
     #[error("cannot subscribe to topic {topic}: {source}")]
     Subscribe { topic: String, source: KafkaError },
+}
+
+impl SourceError {
+    fn create(kafka: &KafkaConfig, error: &KafkaError) -> SourceError {
+        SourceError::Create(crate::security::scrub(&error.to_string(), kafka.secrets()))
+    }
 }
 
 /// The queue of one partition's records, read by the worker that owns it.
@@ -140,8 +150,9 @@ impl SourceContext {
         manifests: Manifests,
         runtime: Handle,
         health: Arc<Health>,
-    ) -> SourceContext {
-        SourceContext {
+    ) -> Result<SourceContext, SourceError> {
+        let tokens = crate::msk_iam::tokens(&kafka.security).map_err(SourceError::Tokens)?;
+        Ok(SourceContext {
             topic: kafka.topic.clone(),
             manifests,
             runtime,
@@ -151,9 +162,9 @@ impl SourceContext {
             high_watermarks: Mutex::new(BTreeMap::new()),
             leases: Mutex::new(HashMap::new()),
             consumer: OnceLock::new(),
-            recorder: Recorder::new(kafka),
+            recorder: Recorder::new(kafka, tokens),
             refused_timeout: kafka.security.auth_failure_timeout,
-        }
+        })
     }
 
     /// Takes in an error the client reported with its reason: a refusal
@@ -362,6 +373,17 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    /// AWS_MSK_IAM tokens, when librdkafka asks (at connect, then at 80 %
+    /// of the last one's lifetime).
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.recorder.oauth_token()
+    }
+
     /// librdkafka's log lines, without secrets, at their level; a refusal
     /// as one line of sluice's.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
@@ -523,7 +545,7 @@ pub fn connect(
     let consumer: Arc<KafkaConsumer> = Arc::new(
         client_config(kafka, client_id, kafka_bytes, partitions)
             .create_with_context(context)
-            .map_err(SourceError::Create)?,
+            .map_err(|e| SourceError::create(kafka, &e))?,
     );
     SourceContext::attach(&consumer);
     consumer
@@ -548,36 +570,27 @@ pub fn assigned(
     let consumer: Arc<KafkaConsumer> = Arc::new(
         client_config(kafka, client_id, kafka_bytes, starts.len())
             .create_with_context(context)
-            .map_err(SourceError::Create)?,
+            .map_err(|e| SourceError::create(kafka, &e))?,
     );
     SourceContext::attach(&consumer);
     let mut tpl = TopicPartitionList::new();
     for (&partition, &start) in starts {
         tpl.add_partition_offset(&kafka.topic, partition, Offset::Offset(start))
-            .map_err(SourceError::Create)?;
+            .map_err(|e| SourceError::create(kafka, &e))?;
     }
     consumer.context().assign(&consumer, &mut tpl);
     Ok(consumer)
 }
 
-/// A client context that logs nothing: for one-shot commands that report
-/// a failure once, not per connection attempt.
-#[derive(Debug)]
-pub struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
-    fn error(&self, _: KafkaError, _: &str) {}
-}
-
-impl ConsumerContext for Quiet {}
-
-/// A consumer for metadata and offset lookups (no subscription, no logs).
+/// A consumer for metadata and offset lookups (no subscription). It logs
+/// nothing: what it reports is kept, and [`topic_partitions`] says why a
+/// lookup failed, once.
 pub fn lookup_client(
     kafka: &KafkaConfig,
     client_id: &str,
-) -> Result<BaseConsumer<Quiet>, SourceError> {
-    lookup_client_with(kafka, client_id, Quiet)
+) -> Result<BaseConsumer<Recorder>, SourceError> {
+    let tokens = crate::msk_iam::tokens(&kafka.security).map_err(SourceError::Tokens)?;
+    lookup_client_with(kafka, client_id, Recorder::new(kafka, tokens))
 }
 
 /// As [`lookup_client`], with the client's reports going to `context`.
@@ -589,32 +602,55 @@ pub fn lookup_client_with<C: ConsumerContext>(
     client_config(kafka, client_id, 1 << 20, 1)
         .set("statistics.interval.ms", "0")
         .create_with_context(context)
-        .map_err(SourceError::Create)
+        .map_err(|e| SourceError::create(kafka, &e))
 }
 
-/// The partitions of the sink's topic, from the brokers' metadata.
-pub fn topic_partitions<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+/// The partitions of the sink's topic, from the brokers' metadata. The
+/// client is polled between attempts (its errors, and AWS_MSK_IAM tokens,
+/// are served by polls); a TLS, SASL or ACL refusal ends the wait at once.
+pub fn topic_partitions(
+    consumer: &BaseConsumer<Recorder>,
     kafka: &KafkaConfig,
     timeout: Duration,
 ) -> Result<Vec<i32>, String> {
-    let metadata = consumer
-        .fetch_metadata(Some(&kafka.topic), timeout)
-        .map_err(|e| format!("brokers {}: {e}", kafka.brokers))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let metadata = loop {
+        let _ = consumer.poll(Duration::ZERO);
+        let attempt = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .min(LOOKUP_ATTEMPT);
+        match consumer.fetch_metadata(Some(&kafka.topic), attempt) {
+            Ok(metadata) => break metadata,
+            Err(e) => {
+                let _ = consumer.poll(Duration::ZERO);
+                let failure = consumer.context().failure();
+                if let Some(failure) = failure.as_ref().filter(|f| f.is_auth()) {
+                    return Err(failure.to_string());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(failure.map_or_else(
+                        || format!("brokers {}: {e}", kafka.brokers),
+                        |f| f.to_string(),
+                    ));
+                }
+            }
+        }
+    };
     let topic = metadata
         .topics()
         .iter()
         .find(|t| t.name() == kafka.topic)
         .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
     if let Some(error) = topic.error() {
-        return Err(format!(
-            "topic {}: {}",
-            kafka.topic,
-            rdkafka::error::RDKafkaErrorCode::from(error)
-        ));
+        let code = rdkafka::error::RDKafkaErrorCode::from(error);
+        return Err(crate::diagnose::denied(code, &kafka.security, &kafka.topic, &kafka.group_id)
+            .map_or_else(|| format!("topic {}: {code}", kafka.topic), |f| f.to_string()));
     }
     Ok(topic.partitions().iter().map(|p| p.id()).collect())
 }
+
+/// How long one metadata request may take before it is asked again.
+const LOOKUP_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Commits `next` (partition → next offset to read) for `topic`;
 /// asynchronously (failures are reported by a later poll) or waiting.
@@ -641,6 +677,28 @@ pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_creating_the_client_never_quote_a_secret() {
+        let kafka: KafkaConfig = toml::from_str(
+            "brokers = \"b\"\ntopic = \"t\"\ngroup_id = \"g\"\n\
+             [properties]\n\"sasl.password\" = \"passed-through\"\n\
+             [security]\nprotocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\n\
+             sasl_username = \"u\"\nsasl_password = \"configured\"",
+        )
+        .unwrap();
+        for secret in ["passed-through", "configured"] {
+            let error = KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                format!("value {secret} refused"),
+                "sasl.password".into(),
+                secret.into(),
+            );
+            assert!(error.to_string().contains(secret), "librdkafka quotes it");
+            let shown = SourceError::create(&kafka, &error).to_string();
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 
     #[test]
     fn forced_settings_win_over_pass_through() {

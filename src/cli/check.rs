@@ -106,8 +106,7 @@ fn kafka(config: &Config) -> Result<String, String> {
         let tls = diagnose::probe_tls(first, security, TIMEOUT).map_err(|f| f.to_string())?;
         how.push(tls.to_string());
     }
-    let consumer = source::lookup_client_with(kafka, "sluice-check", diagnose::Recorder::new(kafka))
-        .map_err(|e| e.to_string())?;
+    let consumer = source::lookup_client(kafka, "sluice-check").map_err(|e| e.to_string())?;
     let deadline = Instant::now() + TIMEOUT;
     // Asks again until the deadline, unless the client has reported a
     // failure no retry can mend (TLS, SASL, ACLs).

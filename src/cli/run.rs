@@ -103,7 +103,7 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
         manifests.clone(),
         handle.clone(),
         health,
-    );
+    )?;
     // The memory budget: a quarter for the Kafka client, which is told an
     // eighth (its buffers overshoot what it is told by up to as much
     // again); the rest for open files.

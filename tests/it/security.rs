@@ -32,6 +32,10 @@ fn mtls() -> String {
     listener("KAFKA_MTLS_BROKERS", 3)
 }
 
+fn sasl_plaintext() -> String {
+    std::env::var("KAFKA_SASL_PLAINTEXT_BROKERS").unwrap_or_else(|_| "127.0.0.1:9096".into())
+}
+
 /// `[kafka.security]` for SCRAM-SHA-512 over TLS as `user`, then `more`.
 fn scram(user: &str, more: &str) -> String {
     format!(
@@ -244,4 +248,55 @@ async fn run_stops_when_kafka_keeps_refusing_it() {
         "{logs}"
     );
     assert!(!logs.contains("wrong-password-here"), "the password was logged:\n{logs}");
+}
+
+/// An unsigned JWS (`alg: none`) for `subject`, valid for an hour: what the
+/// broker's unsecured OAUTHBEARER validator accepts.
+fn unsigned_jwt(subject: &str) -> String {
+    use base64::Engine;
+    let encode = |json: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{}.{}.",
+        encode(serde_json::json!({"alg": "none"})),
+        encode(serde_json::json!({"sub": subject, "iat": now, "exp": now + 3600, "scope": "kafka"}))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_with_oidc_client_credentials() {
+    use base64::Engine;
+    let token = serde_json::json!({
+        "access_token": unsigned_jwt("sluice-oidc"),
+        "token_type": "bearer",
+        "expires_in": 3600,
+    });
+    let endpoint = support::serve(std::collections::HashMap::from([(
+        "/oauth2/token".to_owned(),
+        token.to_string(),
+    )]));
+    let security = format!(
+        "[kafka.security]\nprotocol = \"sasl_plaintext\"\nsasl_mechanism = \"OAUTHBEARER\"\n\
+         oauth_token_endpoint_url = \"{}/oauth2/token\"\noauth_client_id = \"sluice-client\"\n\
+         oauth_client_secret = \"${{TEST_OIDC_SECRET}}\"\noauth_scope = \"kafka\"\n",
+        endpoint.url
+    );
+    let logs = pipeline_over(
+        &sasl_plaintext(),
+        &security,
+        &[("TEST_OIDC_SECRET", "oidc-client-secret")],
+    )
+    .await;
+    let basic = base64::engine::general_purpose::STANDARD.encode("sluice-client:oidc-client-secret");
+    let seen = endpoint.auth.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|a| a == &format!("Basic {basic}")),
+        "the token endpoint saw {seen:?}"
+    );
+    assert!(!logs.contains("oidc-client-secret"), "the client secret was logged:\n{logs}");
 }

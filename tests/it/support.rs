@@ -706,8 +706,8 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
             loop {
                 let mut header = String::new();
                 reader.read_line(&mut header).unwrap();
-                if let Some(value) = header.strip_prefix("authorization: ") {
-                    seen.lock().unwrap().push(value.trim().to_owned());
+                if header.to_ascii_lowercase().starts_with("authorization: ") {
+                    seen.lock().unwrap().push(header["authorization: ".len()..].trim().to_owned());
                 }
                 if header.trim().is_empty() {
                     break;
