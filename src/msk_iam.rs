@@ -19,13 +19,16 @@ use tokio::runtime::{Handle, Runtime};
 use crate::security::{Mechanism, SecurityConfig};
 
 /// The token source `security` needs: one for AWS_MSK_IAM, none otherwise.
-/// It has a small runtime of its own, so any thread that polls a client
-/// can sign (never one of another runtime's threads).
+/// It has a one-thread runtime of its own (which drives the credential
+/// chain's requests), so any thread that polls a client can sign, never
+/// one of another runtime's threads.
 pub fn tokens(security: &SecurityConfig) -> Result<Option<Arc<MskIam>>, String> {
     if security.sasl_mechanism != Some(Mechanism::AwsMskIam) || !security.protocol.sasl() {
         return Ok(None);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-msk-iam")
         .enable_all()
         .build()
         .map_err(|e| format!("AWS_MSK_IAM: cannot start a runtime: {e}"))?;

@@ -114,6 +114,16 @@ async fn mutual_tls_with_an_encrypted_key() {
 /// `sluice check` of a sink on `brokers` with `security`: its `kafka`
 /// line, and the whole output (stdout and stderr).
 fn check_kafka(brokers: &str, security: &str, env: &[(&str, &str)]) -> (String, String) {
+    check_kafka_without(brokers, security, env, &[])
+}
+
+/// As [`check_kafka`], with the variables `unset` removed.
+fn check_kafka_without(
+    brokers: &str,
+    security: &str,
+    env: &[(&str, &str)],
+    unset: &[&str],
+) -> (String, String) {
     let sink = Sink::with_extra(
         support::SinkSpec {
             topic: "orders.order_placed",
@@ -123,13 +133,16 @@ fn check_kafka(brokers: &str, security: &str, env: &[(&str, &str)]) -> (String, 
         },
         security,
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
         .args(["check", "--config"])
         .arg(&sink.config)
         .env("SLUICE_KAFKA__BROKERS", brokers)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+        .envs(env.iter().copied());
+    for name in unset {
+        command.env_remove(name);
+    }
+    let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout
@@ -299,4 +312,42 @@ async fn oauthbearer_with_oidc_client_credentials() {
         "the token endpoint saw {seen:?}"
     );
     assert!(!logs.contains("oidc-client-secret"), "the client secret was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msk_iam_signs_with_the_sdk_credential_chain() {
+    sluice::sample::ensure_topic(&support::brokers(), "orders.order_placed", 4)
+        .await
+        .unwrap();
+    // The container credentials endpoint of the SDK's default chain, served
+    // here: no AWS call.
+    let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let credentials = serde_json::json!({
+        "AccessKeyId": "ASIALOCALTEST",
+        "SecretAccessKey": "local-secret-access-key",
+        "Token": "local-session-token",
+        "Expiration": expiration,
+    });
+    let endpoint = support::serve(std::collections::HashMap::from([(
+        "/credentials".to_owned(),
+        credentials.to_string(),
+    )]));
+    let security = "[kafka.security]\nprotocol = \"sasl_plaintext\"\n\
+                    sasl_mechanism = \"AWS_MSK_IAM\"\naws_region = \"eu-west-1\"\n";
+    let full_uri = format!("{}/credentials", endpoint.url);
+    let (line, all) = check_kafka_without(
+        &sasl_plaintext(),
+        security,
+        &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)],
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"],
+    );
+    assert!(
+        endpoint.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the credentials endpoint was never asked: {all}"
+    );
+    // The local broker validates unsigned JWS tokens only, so it refuses
+    // the signed MSK token: at the SASL step, after the token was made.
+    assert!(line.starts_with("FAIL  kafka "), "{all}");
+    assert!(line.contains("SASL authentication"), "{line}");
+    assert!(!all.contains("local-secret-access-key"), "{all}");
 }
