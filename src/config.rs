@@ -171,6 +171,31 @@ pub struct StorageConfig {
     /// one.
     #[serde(with = "humantime_serde", default = "default_storage_request_timeout")]
     pub request_timeout: Duration,
+    /// Server-side encryption of every object sluice writes: `AES256`
+    /// (SSE-S3) or `aws:kms` (SSE-KMS); unset: the bucket's default.
+    #[serde(default)]
+    pub server_side_encryption: Option<Encryption>,
+    /// SSE-KMS: the key (id, ARN or alias); unset: the account's AWS
+    /// managed key.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// SSE-KMS: use an S3 Bucket Key (fewer KMS calls); unset: the
+    /// bucket's setting.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub bucket_key: Option<bool>,
+    /// The account that must own the bucket (12 digits): every request
+    /// says so, and S3 refuses it (403) if another account owns it.
+    #[serde(default)]
+    pub expected_bucket_owner: Option<String>,
+}
+
+/// `storage.server_side_encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Encryption {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -629,10 +654,8 @@ impl Config {
         })?;
         let env: Vec<(String, String)> = env.into_iter().collect();
         apply_env_overrides(&mut table, env.iter().cloned());
-        let vars: BTreeMap<&str, &str> = env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let vars: BTreeMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         interpolate_table(&mut table, "", &vars).map_err(|(key, message)| {
             ConfigError::Invalid {
                 file: path.to_owned(),
@@ -739,6 +762,29 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let storage = &self.storage;
+        if storage.server_side_encryption != Some(Encryption::AwsKms) {
+            for (key, given) in [
+                ("storage.kms_key_id", storage.kms_key_id.is_some()),
+                ("storage.bucket_key", storage.bucket_key.is_some()),
+            ] {
+                if given {
+                    return Err(bad(
+                        key,
+                        "is an SSE-KMS setting: set `storage.server_side_encryption = \"aws:kms\"`"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(owner) = &storage.expected_bucket_owner
+            && !(owner.len() == 12 && owner.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(bad(
+                "storage.expected_bucket_owner",
+                format!("expected a 12-digit AWS account id, got {owner:?}"),
+            ));
         }
         if self.storage.upload_concurrency == 0 {
             return Err(bad(

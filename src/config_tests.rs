@@ -327,7 +327,10 @@ fn environment_variables_fill_values_and_nested_overrides_reach_security() {
     .unwrap();
     let security = &config.kafka.security;
     assert_eq!(security.sasl_username.as_deref(), Some("sluice-sink"));
-    assert_eq!(security.sasl_password.as_ref().unwrap().expose(), "s3cret-pass");
+    assert_eq!(
+        security.sasl_password.as_ref().unwrap().expose(),
+        "s3cret-pass"
+    );
     assert_eq!(security.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
     let shown = format!("{config:?} {}", config.redacted());
     assert!(!shown.contains("s3cret-pass"), "{shown}");
@@ -354,5 +357,45 @@ fn security_mistakes_name_the_key() {
         error(&text, &[])
     );
     let text = format!("{MINIMAL}[kafka.security]\nprotocol = \"tls\"\n");
-    assert!(error(&text, &[]).contains("expected `plaintext`, `ssl`"), "{}", error(&text, &[]));
+    assert!(
+        error(&text, &[]).contains("expected `plaintext`, `ssl`"),
+        "{}",
+        error(&text, &[])
+    );
+}
+
+#[test]
+fn encryption_keys_are_checked() {
+    let config = parse(
+        MINIMAL,
+        &[
+            ("SLUICE_STORAGE__SERVER_SIDE_ENCRYPTION", "aws:kms"),
+            ("SLUICE_STORAGE__KMS_KEY_ID", "alias/k"),
+            ("SLUICE_STORAGE__BUCKET_KEY", "true"),
+            ("SLUICE_STORAGE__EXPECTED_BUCKET_OWNER", "123456789012"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        config.storage.server_side_encryption,
+        Some(Encryption::AwsKms)
+    );
+    assert_eq!(config.storage.bucket_key, Some(true));
+    for (env, words) in [
+        (
+            ("SLUICE_STORAGE__KMS_KEY_ID", "alias/k"),
+            "key `storage.kms_key_id`: is an SSE-KMS setting",
+        ),
+        (
+            ("SLUICE_STORAGE__EXPECTED_BUCKET_OWNER", "me"),
+            "key `storage.expected_bucket_owner`: expected a 12-digit AWS account id",
+        ),
+        (
+            ("SLUICE_STORAGE__SERVER_SIDE_ENCRYPTION", "kms"),
+            "key `storage.server_side_encryption`",
+        ),
+    ] {
+        let message = error(MINIMAL, &[env]);
+        assert!(message.contains(words), "{message}");
+    }
 }

@@ -133,20 +133,26 @@ pub fn classify(
                     "{broker} requires a client certificate (mTLS): set `kafka.security.cert_file` and `key_file`"
                 )
             } else {
-                format!("{broker} refused the client certificate (is it signed by a CA the broker trusts?)")
+                format!(
+                    "{broker} refused the client certificate (is it signed by a CA the broker trusts?)"
+                )
             },
         ));
     }
     if what.contains("connecting to a PLAINTEXT broker listener") {
         return Some(Failure::new(
             Step::Tls,
-            format!("{broker} does not speak TLS: is `kafka.security.protocol` right for this listener?"),
+            format!(
+                "{broker} does not speak TLS: is `kafka.security.protocol` right for this listener?"
+            ),
         ));
     }
     if what.contains("incorrect security.protocol") {
         return Some(Failure::new(
             Step::Tls,
-            format!("{broker} closed the connection: is `kafka.security.protocol` right for this listener? ({what})"),
+            format!(
+                "{broker} closed the connection: is `kafka.security.protocol` right for this listener? ({what})"
+            ),
         ));
     }
     if what.starts_with("Connect to ") || what.starts_with("Failed to resolve") {
@@ -186,7 +192,12 @@ fn broker_of(reason: &str) -> String {
 }
 
 /// An authorization error the brokers returned, as one line.
-pub fn denied(code: RDKafkaErrorCode, security: &SecurityConfig, topic: &str, group: &str) -> Option<Failure> {
+pub fn denied(
+    code: RDKafkaErrorCode,
+    security: &SecurityConfig,
+    topic: &str,
+    group: &str,
+) -> Option<Failure> {
     let (what, name) = match code {
         RDKafkaErrorCode::TopicAuthorizationFailed => ("topic", topic),
         RDKafkaErrorCode::GroupAuthorizationFailed => ("consumer group", group),
@@ -321,7 +332,10 @@ impl Recorder {
 impl ClientContext for Recorder {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
-    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
         self.oauth_token()
     }
 
@@ -371,8 +385,15 @@ const IP_ADDRESS_MISMATCH: i32 = 64;
 /// Connects to `broker` (`host:port`) over TCP and makes a TLS handshake
 /// with the CA, client certificate and key of `security`, as librdkafka
 /// would. Returns what was negotiated, or the step that failed.
-pub fn probe_tls(broker: &str, security: &SecurityConfig, timeout: Duration) -> Result<Tls, Failure> {
-    debug_assert!(matches!(security.protocol, Protocol::Ssl | Protocol::SaslSsl));
+pub fn probe_tls(
+    broker: &str,
+    security: &SecurityConfig,
+    timeout: Duration,
+) -> Result<Tls, Failure> {
+    debug_assert!(matches!(
+        security.protocol,
+        Protocol::Ssl | Protocol::SaslSsl
+    ));
     let host = broker.rsplit_once(':').map_or(broker, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = |message: String| Failure::new(Step::Tcp, message);
@@ -412,7 +433,10 @@ pub fn probe_tls(broker: &str, security: &SecurityConfig, timeout: Duration) -> 
             .map_err(|e| tls(format!("cannot read `cert_file` {}: {e}", cert.display())))?;
         let pem = std::fs::read(key)
             .map_err(|e| tls(format!("cannot read `key_file` {}: {e}", key.display())))?;
-        let password = security.key_password.as_ref().map(|p| p.expose().as_bytes());
+        let password = security
+            .key_password
+            .as_ref()
+            .map(|p| p.expose().as_bytes());
         let key_pair = match password {
             Some(password) => PKey::private_key_from_pem_passphrase(&pem, password),
             None => PKey::private_key_from_pem(&pem),
@@ -441,7 +465,9 @@ pub fn probe_tls(broker: &str, security: &SecurityConfig, timeout: Duration) -> 
                 0 => {
                     let error = mid.error().to_string();
                     if error.contains("wrong version number") || error.contains("packet length") {
-                        format!("{broker} does not speak TLS: is `kafka.security.protocol` right for this listener?")
+                        format!(
+                            "{broker} does not speak TLS: is `kafka.security.protocol` right for this listener?"
+                        )
                     } else {
                         format!("{broker}: {error}")
                     }
@@ -469,12 +495,16 @@ pub fn probe_tls(broker: &str, security: &SecurityConfig, timeout: Duration) -> 
     // TLS 1.3 servers refuse a client certificate after the handshake: an
     // alert arrives on the first read. A broker says nothing unasked, so a
     // short read that times out means the certificate was accepted.
-    let _ = stream.get_ref().set_read_timeout(Some(Duration::from_millis(300)));
+    let _ = stream
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)));
     if let Err(e) = stream.read(&mut [0u8; 1]) {
         let text = e.to_string();
         if text.contains("certificate") || text.contains("unknown ca") {
             return Err(tls(if security.cert_file.is_none() {
-                format!("{broker} requires a client certificate (mTLS): set `kafka.security.cert_file` and `key_file`")
+                format!(
+                    "{broker} requires a client certificate (mTLS): set `kafka.security.cert_file` and `key_file`"
+                )
             } else {
                 format!("{broker} refused the client certificate: {text}")
             }));
@@ -537,14 +567,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(failure.step, Step::Tls);
-        assert!(failure.message.contains("requires a client certificate"), "{failure}");
+        assert!(
+            failure.message.contains("requires a client certificate"),
+            "{failure}"
+        );
         let failure = classify(
             None,
             "sasl_ssl://127.0.0.1:9999/bootstrap: Connect to ipv4#127.0.0.1:9999 failed: Connection refused (after 0ms in state CONNECT)",
             &security,
         )
         .unwrap();
-        assert_eq!(failure.to_string(), "TCP: Connect to ipv4#127.0.0.1:9999 failed: Connection refused");
+        assert_eq!(
+            failure.to_string(),
+            "TCP: Connect to ipv4#127.0.0.1:9999 failed: Connection refused"
+        );
         assert!(classify(None, "1/1 brokers are down", &security).is_none());
     }
 
@@ -560,7 +596,10 @@ mod tests {
             KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
             "sasl_ssl://h:1/bootstrap: Connect to ipv4#1.2.3.4:1 failed: Connection refused",
         );
-        assert!(recorder.refused_for(Duration::ZERO).is_none(), "TCP is retried");
+        assert!(
+            recorder.refused_for(Duration::ZERO).is_none(),
+            "TCP is retried"
+        );
         recorder.error(
             KafkaError::Global(RDKafkaErrorCode::Authentication),
             "sasl_ssl://h:1/bootstrap: SASL authentication error: bad password hunter2 (after 1ms in state AUTH_REQ)",
@@ -580,14 +619,30 @@ mod tests {
             .unwrap();
         assert!(new);
         assert_eq!(failure.step, Step::Authorization);
-        assert!(!recorder.record(Some(RDKafkaErrorCode::GroupAuthorizationFailed), "again").unwrap().1);
+        assert!(
+            !recorder
+                .record(Some(RDKafkaErrorCode::GroupAuthorizationFailed), "again")
+                .unwrap()
+                .1
+        );
     }
 
     #[test]
     fn denials_name_the_resource_and_the_principal() {
-        let failure = denied(RDKafkaErrorCode::GroupAuthorizationFailed, &scram(), "t", "g").unwrap();
+        let failure = denied(
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            &scram(),
+            "t",
+            "g",
+        )
+        .unwrap();
         assert_eq!(failure.step, Step::Authorization);
-        assert!(failure.message.contains("user `sluice` the consumer group g"), "{failure}");
+        assert!(
+            failure
+                .message
+                .contains("user `sluice` the consumer group g"),
+            "{failure}"
+        );
         assert!(denied(RDKafkaErrorCode::UnknownTopic, &scram(), "t", "g").is_none());
     }
 }

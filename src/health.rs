@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,7 +59,12 @@ impl Health {
 
     /// `Ok` when ready to take traffic, else what is missing.
     pub async fn ready(&self) -> Result<(), String> {
-        if let Some(why) = self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(why) = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Err(format!("Kafka refuses sluice: {why}"));
         }
         if !self.joined.load(Ordering::Relaxed) {

@@ -65,9 +65,7 @@ impl MskIam {
         let region = region
             .map(|r| Region::new(r.to_owned()))
             .or_else(|| sdk.region().cloned())
-            .ok_or(
-                "AWS_MSK_IAM needs a region: set `kafka.security.aws_region` or AWS_REGION",
-            )?;
+            .ok_or("AWS_MSK_IAM needs a region: set `kafka.security.aws_region` or AWS_REGION")?;
         let credentials = sdk
             .credentials_provider()
             .ok_or("AWS_MSK_IAM needs AWS credentials, and the SDK's default chain has none")?;
@@ -131,15 +129,33 @@ mod tests {
             None,
             "test",
         ));
-        let iam = MskIam::new(Region::new("eu-west-1"), credentials, runtime.handle().clone());
+        let iam = MskIam::new(
+            Region::new("eu-west-1"),
+            credentials,
+            runtime.handle().clone(),
+        );
         let token = iam.token().unwrap();
         let url = signed_url(&token.token);
-        assert!(url.starts_with("https://kafka.eu-west-1.amazonaws.com/?Action=kafka-cluster%3AConnect"), "{url}");
+        assert!(
+            url.starts_with(
+                "https://kafka.eu-west-1.amazonaws.com/?Action=kafka-cluster%3AConnect"
+            ),
+            "{url}"
+        );
         assert!(url.contains("X-Amz-Credential=AKIDEXAMPLE%2F"), "{url}");
-        assert!(url.contains("%2Feu-west-1%2Fkafka-cluster%2Faws4_request"), "{url}");
+        assert!(
+            url.contains("%2Feu-west-1%2Fkafka-cluster%2Faws4_request"),
+            "{url}"
+        );
         assert!(url.contains("X-Amz-Security-Token=session-token"), "{url}");
-        assert!(!url.contains("wJalrXUtnFEMI"), "the secret key is never in the token");
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert!(
+            !url.contains("wJalrXUtnFEMI"),
+            "the secret key is never in the token"
+        );
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         let lifetime = Duration::from_millis((token.lifetime_ms - now_ms) as u64);
         // librdkafka asks again at 80 % of this: after ~12 of 15 minutes.
         assert!(

@@ -339,7 +339,10 @@ impl SecurityConfig {
             ));
         }
         if self.ca_file.is_some() && self.ca_pem.is_some() {
-            return Err(invalid("ca_pem", "give either `ca_file` or `ca_pem`, not both"));
+            return Err(invalid(
+                "ca_pem",
+                "give either `ca_file` or `ca_pem`, not both",
+            ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             let missing = if self.cert_file.is_some() {
@@ -363,7 +366,10 @@ impl SecurityConfig {
         let sasl_keys = [
             ("sasl_username", self.sasl_username.is_some()),
             ("sasl_password", self.sasl_password.is_some()),
-            ("oauth_token_endpoint_url", self.oauth_token_endpoint_url.is_some()),
+            (
+                "oauth_token_endpoint_url",
+                self.oauth_token_endpoint_url.is_some(),
+            ),
             ("aws_region", self.aws_region.is_some()),
         ];
         let Some(mechanism) = self.sasl_mechanism else {
@@ -377,7 +383,10 @@ impl SecurityConfig {
                 ));
             }
             if let Some((key, _)) = sasl_keys.iter().find(|(_, given)| *given) {
-                return Err(invalid(key, "is a SASL setting, but no `sasl_mechanism` is set"));
+                return Err(invalid(
+                    key,
+                    "is a SASL setting, but no `sasl_mechanism` is set",
+                ));
             }
             return Ok(());
         };
@@ -433,7 +442,10 @@ impl SecurityConfig {
                 ));
             }
         } else if let Some(key) = [
-            ("oauth_token_endpoint_url", self.oauth_token_endpoint_url.is_some()),
+            (
+                "oauth_token_endpoint_url",
+                self.oauth_token_endpoint_url.is_some(),
+            ),
             ("oauth_client_id", self.oauth_client_id.is_some()),
             ("oauth_client_secret", self.oauth_client_secret.is_some()),
             ("oauth_scope", self.oauth_scope.is_some()),
@@ -443,13 +455,19 @@ impl SecurityConfig {
         {
             return Err(invalid(
                 key,
-                format!("is an OAUTHBEARER setting, but `sasl_mechanism` is {}", mechanism.name()),
+                format!(
+                    "is an OAUTHBEARER setting, but `sasl_mechanism` is {}",
+                    mechanism.name()
+                ),
             ));
         }
         if mechanism != Mechanism::AwsMskIam && self.aws_region.is_some() {
             return Err(invalid(
                 "aws_region",
-                format!("is an AWS_MSK_IAM setting, but `sasl_mechanism` is {}", mechanism.name()),
+                format!(
+                    "is an AWS_MSK_IAM setting, but `sasl_mechanism` is {}",
+                    mechanism.name()
+                ),
             ));
         }
         Ok(())
@@ -467,7 +485,11 @@ impl SecurityConfig {
             }
             config.set(
                 "ssl.endpoint.identification.algorithm",
-                if self.verify_hostname { "https" } else { "none" },
+                if self.verify_hostname {
+                    "https"
+                } else {
+                    "none"
+                },
             );
             if let Some(file) = &self.cert_file {
                 config.set("ssl.certificate.location", file.display().to_string());
@@ -492,7 +514,10 @@ impl SecurityConfig {
         if mechanism == Mechanism::OAuthBearer {
             config.set("sasl.oauthbearer.method", "oidc");
             for (key, value) in [
-                ("sasl.oauthbearer.token.endpoint.url", &self.oauth_token_endpoint_url),
+                (
+                    "sasl.oauthbearer.token.endpoint.url",
+                    &self.oauth_token_endpoint_url,
+                ),
                 ("sasl.oauthbearer.client.id", &self.oauth_client_id),
                 ("sasl.oauthbearer.scope", &self.oauth_scope),
             ] {
@@ -579,11 +604,11 @@ mod tests {
             "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\n\
              sasl_password = \"hunter2\"\nkey_password = \"k3y-pass\"",
         );
-        let shown = format!(
-            "{security:?} {}",
-            serde_json::to_string(&security).unwrap()
+        let shown = format!("{security:?} {}", serde_json::to_string(&security).unwrap());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
         );
-        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
         assert_eq!(
             scrub("auth failed for hunter2 with k3y-pass", security.secrets()),
             "auth failed for *** with ***"
@@ -614,11 +639,16 @@ mod tests {
         oidc.validate().unwrap();
         let p = properties(&oidc);
         assert_eq!(p["sasl.oauthbearer.method"], "oidc");
-        assert_eq!(p["sasl.oauthbearer.token.endpoint.url"], "https://idp/token");
+        assert_eq!(
+            p["sasl.oauthbearer.token.endpoint.url"],
+            "https://idp/token"
+        );
         assert_eq!(p["sasl.oauthbearer.client.secret"], "s3cret");
         assert_eq!(p["sasl.oauthbearer.scope"], "kafka");
 
-        let iam = parse("protocol = \"sasl_ssl\"\nsasl_mechanism = \"AWS_MSK_IAM\"\naws_region = \"eu-west-1\"");
+        let iam = parse(
+            "protocol = \"sasl_ssl\"\nsasl_mechanism = \"AWS_MSK_IAM\"\naws_region = \"eu-west-1\"",
+        );
         iam.validate().unwrap();
         let p = properties(&iam);
         assert_eq!(p["sasl.mechanism"], "OAUTHBEARER");
@@ -629,7 +659,11 @@ mod tests {
     fn mismatched_keys_are_named() {
         for (text, key, words) in [
             ("ca_file = \"x\"", "ca_file", "is a TLS setting"),
-            ("protocol = \"sasl_ssl\"", "sasl_mechanism", "needs a mechanism"),
+            (
+                "protocol = \"sasl_ssl\"",
+                "sasl_mechanism",
+                "needs a mechanism",
+            ),
             (
                 "protocol = \"ssl\"\nsasl_mechanism = \"PLAIN\"",
                 "sasl_mechanism",
@@ -640,7 +674,11 @@ mod tests {
                 "sasl_password",
                 "needs a password",
             ),
-            ("protocol = \"ssl\"\ncert_file = \"c\"", "key_file", "needs both"),
+            (
+                "protocol = \"ssl\"\ncert_file = \"c\"",
+                "key_file",
+                "needs both",
+            ),
             (
                 "protocol = \"sasl_ssl\"\nsasl_mechanism = \"OAUTHBEARER\"",
                 "oauth_token_endpoint_url",
@@ -673,7 +711,12 @@ mod tests {
         assert_eq!(security.sasl_password.unwrap().expose(), "from-a-file");
 
         let mut both = parse("sasl_password = \"x\"\nsasl_password_file = \"password\"");
-        assert!(both.read_secret_files(dir.path()).unwrap_err().message.contains("not both"));
+        assert!(
+            both.read_secret_files(dir.path())
+                .unwrap_err()
+                .message
+                .contains("not both")
+        );
         let mut missing = parse("key_password_file = \"nope\"");
         let error = missing.read_secret_files(dir.path()).unwrap_err();
         assert_eq!(error.key, "key_password_file");

@@ -643,8 +643,13 @@ pub fn topic_partitions(
         .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
     if let Some(error) = topic.error() {
         let code = rdkafka::error::RDKafkaErrorCode::from(error);
-        return Err(crate::diagnose::denied(code, &kafka.security, &kafka.topic, &kafka.group_id)
-            .map_or_else(|| format!("topic {}: {code}", kafka.topic), |f| f.to_string()));
+        return Err(
+            crate::diagnose::denied(code, &kafka.security, &kafka.topic, &kafka.group_id)
+                .map_or_else(
+                    || format!("topic {}: {code}", kafka.topic),
+                    |f| f.to_string(),
+                ),
+        );
     }
     Ok(topic.partitions().iter().map(|p| p.id()).collect())
 }

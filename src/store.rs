@@ -22,7 +22,7 @@ pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use s3::S3Store;
 
-use crate::config::{Config, StorageUrl};
+use crate::config::{Config, Encryption, StorageUrl};
 use crate::telemetry::Telemetry;
 
 /// How a put treats an existing object.
@@ -196,12 +196,18 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
     })?;
     Ok(match url {
         StorageUrl::S3 { bucket, prefix } => {
-            let store = S3Store::new(
-                bucket,
-                config.storage.force_path_style,
-                config.storage.request_timeout,
-            )
-            .await;
+            let storage = &config.storage;
+            let store = S3Store::new(bucket, storage.force_path_style, storage.request_timeout)
+                .await
+                .with_protection(s3::Protection {
+                    encryption: storage.server_side_encryption.map(|e| match e {
+                        Encryption::Aes256 => aws_sdk_s3::types::ServerSideEncryption::Aes256,
+                        Encryption::AwsKms => aws_sdk_s3::types::ServerSideEncryption::AwsKms,
+                    }),
+                    kms_key_id: storage.kms_key_id.clone(),
+                    bucket_key: storage.bucket_key,
+                    expected_owner: storage.expected_bucket_owner.clone(),
+                });
             (Arc::new(store), prefix)
         }
         StorageUrl::Local { dir } => (Arc::new(LocalStore::new(dir)), String::new()),

@@ -99,7 +99,11 @@ fn kafka(config: &Config) -> Result<String, String> {
     let security = &kafka.security;
     let mut how = vec![security.protocol.name().to_owned()];
     if let Some(mechanism) = security.sasl_mechanism.filter(|_| security.protocol.sasl()) {
-        how.push(format!("{} as {}", mechanism.name(), diagnose::principal(security)));
+        how.push(format!(
+            "{} as {}",
+            mechanism.name(),
+            diagnose::principal(security)
+        ));
     }
     if security.protocol.tls() {
         let first = kafka.brokers.split(',').next().unwrap_or_default().trim();
@@ -141,15 +145,21 @@ fn kafka(config: &Config) -> Result<String, String> {
         .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
     if let Some(error) = topic.error() {
         let code = RDKafkaErrorCode::from(error);
-        return Err(diagnose::denied(code, security, &kafka.topic, &kafka.group_id)
-            .map_or_else(|| format!("topic {}: {code}", kafka.topic), |f| f.to_string()));
+        return Err(
+            diagnose::denied(code, security, &kafka.topic, &kafka.group_id).map_or_else(
+                || format!("topic {}: {code}", kafka.topic),
+                |f| f.to_string(),
+            ),
+        );
     }
     let mut partitions = TopicPartitionList::new();
     for partition in topic.partitions() {
         partitions.add_partition(&kafka.topic, partition.id());
     }
     ask(&format!("group {}", kafka.group_id), &|| {
-        consumer.committed_offsets(partitions.clone(), ATTEMPT).map(drop)
+        consumer
+            .committed_offsets(partitions.clone(), ATTEMPT)
+            .map(drop)
     })?;
     Ok(format!(
         "topic {}: {} partition(s) on {} ({})",

@@ -98,12 +98,7 @@ pub(crate) fn start(config: &Config, replay: Option<Replay>) -> anyhow::Result<(
             .block_on(health::serve(listen, metrics, health.clone()))
             .map_err(anyhow::Error::msg)?;
     }
-    let context = SourceContext::new(
-        &config.kafka,
-        manifests.clone(),
-        handle.clone(),
-        health,
-    )?;
+    let context = SourceContext::new(&config.kafka, manifests.clone(), handle.clone(), health)?;
     // The memory budget: a quarter for the Kafka client, which is told an
     // eighth (its buffers overshoot what it is told by up to as much
     // again); the rest for open files.

@@ -9,7 +9,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 
@@ -35,6 +35,20 @@ const COPY_SOURCE_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_A
 pub struct S3Store {
     client: Client,
     bucket: String,
+    protection: Protection,
+}
+
+/// What every request carries: the encryption of the objects written and
+/// the account that must own the bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Protection {
+    /// `AES256` (SSE-S3) or `aws:kms` (SSE-KMS) on every object written
+    /// (puts, multipart uploads, copies).
+    pub encryption: Option<ServerSideEncryption>,
+    pub kms_key_id: Option<String>,
+    pub bucket_key: Option<bool>,
+    /// `x-amz-expected-bucket-owner` (and, on copies, the source's).
+    pub expected_owner: Option<String>,
 }
 
 impl S3Store {
@@ -57,7 +71,17 @@ impl S3Store {
         S3Store {
             client: Client::from_conf(config),
             bucket,
+            protection: Protection::default(),
         }
+    }
+
+    /// The same store, its requests carrying `protection`.
+    pub fn with_protection(self, protection: Protection) -> S3Store {
+        S3Store { protection, ..self }
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.protection.expected_owner.clone()
     }
 }
 
@@ -166,9 +190,13 @@ impl ObjectStore for S3Store {
             .client
             .put_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(key)
             .body(ByteStream::from(body))
             .set_if_none_match((mode == PutMode::Create).then(|| "*".to_owned()))
+            .set_server_side_encryption(self.protection.encryption.clone())
+            .set_ssekms_key_id(self.protection.kms_key_id.clone())
+            .set_bucket_key_enabled(self.protection.bucket_key)
             .send()
             .await
             .map_err(|e| classify("put", key, e))?;
@@ -180,6 +208,7 @@ impl ObjectStore for S3Store {
             .client
             .get_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(key)
             .send()
             .await
@@ -201,6 +230,8 @@ impl ObjectStore for S3Store {
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner())
+                .set_expected_bucket_owner(self.owner())
                 .prefix(prefix)
                 .set_continuation_token(token)
                 .send()
@@ -226,6 +257,7 @@ impl ObjectStore for S3Store {
         self.client
             .delete_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(key)
             .send()
             .await
@@ -243,8 +275,13 @@ impl ObjectStore for S3Store {
             .client
             .copy_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(to)
             .copy_source(source)
+            .set_expected_source_bucket_owner(self.owner())
+            .set_server_side_encryption(self.protection.encryption.clone())
+            .set_ssekms_key_id(self.protection.kms_key_id.clone())
+            .set_bucket_key_enabled(self.protection.bucket_key)
             .send()
             .await
             .map_err(|e| classify("copy", from, e))?;
@@ -264,7 +301,11 @@ impl ObjectStore for S3Store {
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(key)
+            .set_server_side_encryption(self.protection.encryption.clone())
+            .set_ssekms_key_id(self.protection.kms_key_id.clone())
+            .set_bucket_key_enabled(self.protection.bucket_key)
             .send()
             .await
             .map_err(|e| classify("put", key, e))?;
@@ -293,6 +334,7 @@ impl ObjectStore for S3Store {
             .client
             .upload_part()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(&upload.key)
             .upload_id(&upload.id)
             .part_number(number)
@@ -322,6 +364,7 @@ impl ObjectStore for S3Store {
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(&upload.key)
             .upload_id(&upload.id)
             .multipart_upload(
@@ -345,6 +388,8 @@ impl ObjectStore for S3Store {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner())
+                .set_expected_bucket_owner(self.owner())
                 .prefix(prefix)
                 .set_key_marker(key_marker)
                 .set_upload_id_marker(id_marker)
@@ -371,6 +416,7 @@ impl ObjectStore for S3Store {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner())
             .key(&upload.key)
             .upload_id(&upload.id)
             .send()

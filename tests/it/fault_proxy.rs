@@ -212,6 +212,8 @@ struct State {
     held: Mutex<Vec<Op>>,
     released: tokio::sync::Notify,
     seen: Mutex<BTreeMap<Op, u64>>,
+    /// Per S3 operation, requests without `x-amz-expected-bucket-owner`.
+    ownerless: Mutex<BTreeMap<Op, u64>>,
     injected: Mutex<BTreeMap<(Op, Fault), u64>>,
 }
 
@@ -238,6 +240,7 @@ impl FaultProxy {
             held: Mutex::new(Vec::new()),
             released: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
+            ownerless: Mutex::new(BTreeMap::new()),
             injected: Mutex::new(BTreeMap::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -293,6 +296,12 @@ impl FaultProxy {
     pub fn seen(&self) -> BTreeMap<Op, u64> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// S3 requests per operation that did not say which account must own
+    /// the bucket (`x-amz-expected-bucket-owner`).
+    pub fn ownerless(&self) -> BTreeMap<Op, u64> {
+        self.state.ownerless.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -338,6 +347,13 @@ type Answer = Result<Response<Full<Bytes>>, Dropped>;
 
 async fn handle(state: &State, request: Request<Incoming>) -> Answer {
     let op = Op::of(&request);
+    if !matches!(op, Op::SendMessageBatch | Op::Sqs)
+        && !request
+            .headers()
+            .contains_key("x-amz-expected-bucket-owner")
+    {
+        *state.ownerless.lock().unwrap().entry(op).or_default() += 1;
+    }
     let nth = {
         let mut seen = state.seen.lock().unwrap();
         let n = seen.entry(op).or_default();

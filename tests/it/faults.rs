@@ -17,7 +17,7 @@ use crate::support::{
 };
 
 /// Where moto listens (the proxy's upstream).
-fn moto() -> String {
+pub fn moto() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
 }
 

@@ -12,10 +12,7 @@ use crate::support::{
 
 fn pki() -> PathBuf {
     std::env::var_os("KAFKA_PKI_DIR").map_or_else(
-        || {
-            PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/sluice-dev/run/pki")
-        },
+        || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice-dev/run/pki"),
         PathBuf::from,
     )
 }
@@ -69,7 +66,10 @@ async fn pipeline_over(brokers: &str, security: &str, env: &[(&str, &str)]) -> S
     env.push(("SLUICE_KAFKA__BROKERS", brokers));
     env.push(("SLUICE_LOG", "debug"));
     sink.start_with_env(&env);
-    sink.wait_committed(&ends(&produced, fixture.partitions), Duration::from_secs(120));
+    sink.wait_committed(
+        &ends(&produced, fixture.partitions),
+        Duration::from_secs(120),
+    );
     let status = sink.stop();
     assert!(status.success(), "exit {status:?}; log:\n{}", sink.logs());
     let read = fixture.read();
@@ -86,7 +86,10 @@ async fn scram_sha_512_over_tls_with_the_password_from_the_environment() {
         &[("TEST_KAFKA_PASSWORD", "scram-secret")],
     )
     .await;
-    assert!(!logs.contains("scram-secret"), "the password was logged:\n{logs}");
+    assert!(
+        !logs.contains("scram-secret"),
+        "the password was logged:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,14 +104,20 @@ async fn plain_over_tls_with_the_password_from_a_file() {
         pki().join("ca.pem").display()
     );
     let logs = pipeline_over(&sasl_ssl(), &security, &[]).await;
-    assert!(!logs.contains("plain-secret"), "the password was logged:\n{logs}");
+    assert!(
+        !logs.contains("plain-secret"),
+        "the password was logged:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_an_encrypted_key() {
     let password = std::fs::read_to_string(pki().join("client.key.password")).unwrap();
     let logs = pipeline_over(&mtls(), &mutual_tls(), &[]).await;
-    assert!(!logs.contains(password.trim()), "the key's password was logged:\n{logs}");
+    assert!(
+        !logs.contains(password.trim()),
+        "the key's password was logged:\n{logs}"
+    );
 }
 
 /// `sluice check` of a sink on `brokers` with `security`: its `kafka`
@@ -222,7 +231,11 @@ async fn check_names_the_failing_step_in_one_line() {
         assert!(line.starts_with("FAIL  kafka "), "{case}: {all}");
         assert!(line.contains(expected), "{case}: {line}");
         assert!(!line.contains("BrokerTransportFailure"), "{case}: {line}");
-        assert!(started.elapsed() < Duration::from_secs(20), "{case}: took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{case}: took {:?}",
+            started.elapsed()
+        );
         assert!(
             !all.contains("not-the-password") && !all.contains("scram-secret"),
             "{case}: a password was printed:\n{all}"
@@ -251,16 +264,31 @@ async fn run_stops_when_kafka_keeps_refusing_it() {
         status == 503 && body.contains("SASL authentication")
     });
     let status = sink.wait_exit(Duration::from_secs(60));
-    assert!(!status.success(), "sluice kept running; log:\n{}", sink.logs());
-    assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
-    let logs = sink.logs();
-    let refused: Vec<&str> = logs.lines().filter(|l| l.contains("Kafka refused sluice")).collect();
     assert!(
-        refused.iter().any(|l| l.contains("SASL authentication")
-            && l.contains("invalid credentials")),
+        !status.success(),
+        "sluice kept running; log:\n{}",
+        sink.logs()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        started.elapsed()
+    );
+    let logs = sink.logs();
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Kafka refused sluice"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("SASL authentication") && l.contains("invalid credentials")),
         "{logs}"
     );
-    assert!(!logs.contains("wrong-password-here"), "the password was logged:\n{logs}");
+    assert!(
+        !logs.contains("wrong-password-here"),
+        "the password was logged:\n{logs}"
+    );
 }
 
 /// An unsigned JWS (`alg: none`) for `subject`, valid for an hour: what the
@@ -277,7 +305,9 @@ fn unsigned_jwt(subject: &str) -> String {
     format!(
         "{}.{}.",
         encode(serde_json::json!({"alg": "none"})),
-        encode(serde_json::json!({"sub": subject, "iat": now, "exp": now + 3600, "scope": "kafka"}))
+        encode(
+            serde_json::json!({"sub": subject, "iat": now, "exp": now + 3600, "scope": "kafka"})
+        )
     )
 }
 
@@ -305,13 +335,17 @@ async fn oauthbearer_with_oidc_client_credentials() {
         &[("TEST_OIDC_SECRET", "oidc-client-secret")],
     )
     .await;
-    let basic = base64::engine::general_purpose::STANDARD.encode("sluice-client:oidc-client-secret");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode("sluice-client:oidc-client-secret");
     let seen = endpoint.auth.lock().unwrap().clone();
     assert!(
         seen.iter().any(|a| a == &format!("Basic {basic}")),
         "the token endpoint saw {seen:?}"
     );
-    assert!(!logs.contains("oidc-client-secret"), "the client secret was logged:\n{logs}");
+    assert!(
+        !logs.contains("oidc-client-secret"),
+        "the client secret was logged:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +373,12 @@ async fn msk_iam_signs_with_the_sdk_credential_chain() {
         &sasl_plaintext(),
         security,
         &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)],
-        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"],
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ],
     );
     assert!(
         endpoint.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1,
@@ -350,4 +389,103 @@ async fn msk_iam_signs_with_the_sdk_credential_chain() {
     assert!(line.starts_with("FAIL  kafka "), "{all}");
     assert!(line.contains("SASL authentication"), "{line}");
     assert!(!all.contains("local-secret-access-key"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_owner() {
+    use crate::fault_proxy::{FaultProxy, Op, Plan};
+    const RECORDS: u64 = 150;
+    let f = support::fixture(1).await;
+    let sample = reference_sample();
+    // Uncompressed 100 kB records, files closed at 6 MiB: streamed as
+    // multipart uploads, staged and copied (bucket notifications on).
+    let mut produced = support::produce_padded(&f.topic, &sample, 0..RECORDS, 100_000).await;
+    // And records that become dead letters.
+    let producer = support::producer();
+    for i in 0..3 {
+        let delivered = producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&f.topic)
+                    .partition(0)
+                    .payload(&b"not protobuf"[..])
+                    .key(&format!("bad-{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        produced.push(sluice::sample::Produced {
+            partition: delivered.partition,
+            offset: delivered.offset,
+            seq: u64::MAX,
+        });
+    }
+    let mut sink = f.sink_with(
+        "5s",
+        "[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
+         [files]\npath = \"{event}/all\"\nmax_bytes = \"6MiB\"\n",
+    );
+    let proxy = FaultProxy::start(
+        &crate::faults::moto(),
+        Plan {
+            rules: Vec::new(),
+            stall: Duration::ZERO,
+        },
+    );
+    sink.start_with_env(&[
+        ("AWS_ENDPOINT_URL", &proxy.url),
+        ("SLUICE_STORAGE__BUCKET_NOTIFICATIONS", "true"),
+        ("SLUICE_STORAGE__SERVER_SIDE_ENCRYPTION", "aws:kms"),
+        ("SLUICE_STORAGE__KMS_KEY_ID", "alias/sluice-test"),
+        ("SLUICE_STORAGE__BUCKET_KEY", "true"),
+        ("SLUICE_STORAGE__EXPECTED_BUCKET_OWNER", "123456789012"),
+    ]);
+    sink.wait_committed(&ends(&produced, 1), Duration::from_secs(180));
+    assert!(sink.stop().success(), "{}", sink.logs());
+
+    let seen = proxy.seen();
+    for op in [
+        Op::ObjectPut,
+        Op::ManifestPut,
+        Op::MarkerPut,
+        Op::CreateUpload,
+        Op::UploadPart,
+        Op::CompleteUpload,
+        Op::Copy,
+        Op::Read,
+    ] {
+        assert!(
+            seen.get(&op).copied().unwrap_or(0) > 0,
+            "no {op:?} request: {seen:?}"
+        );
+    }
+    assert!(
+        proxy.ownerless().is_empty(),
+        "requests without the expected owner: {:?}",
+        proxy.ownerless()
+    );
+
+    let bucket = f.storage.trim_end_matches("/raw").to_owned();
+    let objects = support::python_json("encryption.py", &[bucket]);
+    let objects = objects.as_object().unwrap();
+    let kinds = [
+        ".parquet",
+        "/_sluice/manifests/",
+        ".notified",
+        "/_dead_letters/",
+    ];
+    for kind in kinds {
+        assert!(
+            objects.keys().any(|k| k.contains(kind)),
+            "no {kind} object: {:?}",
+            objects.keys()
+        );
+    }
+    for (key, encryption) in objects {
+        assert_eq!(encryption["sse"], "aws:kms", "{key}: {encryption}");
+        assert_eq!(
+            encryption["kms_key_id"], "alias/sluice-test",
+            "{key}: {encryption}"
+        );
+        assert_eq!(encryption["bucket_key"], true, "{key}: {encryption}");
+    }
 }

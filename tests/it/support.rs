@@ -707,7 +707,9 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
                 let mut header = String::new();
                 reader.read_line(&mut header).unwrap();
                 if header.to_ascii_lowercase().starts_with("authorization: ") {
-                    seen.lock().unwrap().push(header["authorization: ".len()..].trim().to_owned());
+                    seen.lock()
+                        .unwrap()
+                        .push(header["authorization: ".len()..].trim().to_owned());
                 }
                 if header.trim().is_empty() {
                     break;
