@@ -419,6 +419,17 @@ async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_
             seq: u64::MAX,
         });
     }
+    // The queue is KMS-encrypted too: nothing changes for its sender.
+    let encrypted = std::process::Command::new(support::python())
+        .args([
+            "-c",
+            "import boto3, sys; boto3.client('sqs').set_queue_attributes(QueueUrl=sys.argv[1], \
+             Attributes={'KmsMasterKeyId': 'alias/sluice-test'})",
+            &f.queue,
+        ])
+        .status()
+        .unwrap();
+    assert!(encrypted.success());
     let mut sink = f.sink_with(
         "5s",
         "[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"64MiB\"\n\
@@ -463,6 +474,8 @@ async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_
         "requests without the expected owner: {:?}",
         proxy.ownerless()
     );
+
+    check_published_and_announced(&f.read());
 
     let bucket = f.storage.trim_end_matches("/raw").to_owned();
     let objects = support::python_json("encryption.py", &[bucket]);
