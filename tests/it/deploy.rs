@@ -89,11 +89,16 @@ pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
 /// the Secret is mounted, here a temporary copy) and mount what they name.
 #[test]
 fn secured_kubernetes_examples_hold_valid_sinks() {
-    for (file, mechanism) in [("msk_iam.yaml", "AWS_MSK_IAM"), ("scram.yaml", "SCRAM-SHA-512")] {
+    for (file, mechanism) in [
+        ("msk_iam.yaml", "AWS_MSK_IAM"),
+        ("scram.yaml", "SCRAM-SHA-512"),
+    ] {
         let path = support::repo().join("config/k8s").join(file);
         let docs = support::python_json("yaml_json.py", &[&path]);
         let docs = docs.as_array().unwrap();
-        let toml = kind(docs, "ConfigMap")["data"]["sink.toml"].as_str().unwrap();
+        let toml = kind(docs, "ConfigMap")["data"]["sink.toml"]
+            .as_str()
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let toml = toml.replace("/var/run/secrets/kafka", &dir.path().display().to_string());
         std::fs::write(dir.path().join("password"), "from-the-secret\n").unwrap();
@@ -104,8 +109,7 @@ fn secured_kubernetes_examples_hold_valid_sinks() {
         assert_eq!(security.sasl_mechanism.unwrap().name(), mechanism, "{file}");
         if let Some(password) = &security.sasl_password {
             assert_eq!(password.expose(), "from-the-secret", "{file}");
-            let mounts = &kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-                ["volumeMounts"];
+            let mounts = &kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
             assert!(
                 mounts
                     .as_array()
