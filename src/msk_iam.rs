@@ -163,5 +163,11 @@ mod tests {
             "{lifetime:?}"
         );
         assert!(url.contains("X-Amz-Expires=900"), "{url}");
+
+        // Each refresh signs anew: a later expiry, a different token.
+        std::thread::sleep(Duration::from_millis(1100));
+        let next = iam.token().unwrap();
+        assert!(next.lifetime_ms > token.lifetime_ms);
+        assert_ne!(next.token, token.token);
     }
 }

@@ -605,37 +605,19 @@ pub fn lookup_client_with<C: ConsumerContext>(
         .map_err(|e| SourceError::create(kafka, &e))
 }
 
-/// The partitions of the sink's topic, from the brokers' metadata. The
-/// client is polled between attempts (its errors, and AWS_MSK_IAM tokens,
-/// are served by polls); a TLS, SASL or ACL refusal ends the wait at once.
+/// The partitions of the sink's topic, from the brokers' metadata.
 pub fn topic_partitions(
     consumer: &BaseConsumer<Recorder>,
     kafka: &KafkaConfig,
     timeout: Duration,
 ) -> Result<Vec<i32>, String> {
-    let deadline = std::time::Instant::now() + timeout;
-    let metadata = loop {
-        let _ = consumer.poll(Duration::ZERO);
-        let attempt = deadline
-            .saturating_duration_since(std::time::Instant::now())
-            .min(LOOKUP_ATTEMPT);
-        match consumer.fetch_metadata(Some(&kafka.topic), attempt) {
-            Ok(metadata) => break metadata,
-            Err(e) => {
-                let _ = consumer.poll(Duration::ZERO);
-                let failure = consumer.context().failure();
-                if let Some(failure) = failure.as_ref().filter(|f| f.is_auth()) {
-                    return Err(failure.to_string());
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(failure.map_or_else(
-                        || format!("brokers {}: {e}", kafka.brokers),
-                        |f| f.to_string(),
-                    ));
-                }
-            }
-        }
-    };
+    let metadata = ask(
+        consumer,
+        kafka,
+        timeout,
+        &format!("brokers {}", kafka.brokers),
+        |attempt| consumer.fetch_metadata(Some(&kafka.topic), attempt),
+    )?;
     let topic = metadata
         .topics()
         .iter()
@@ -652,6 +634,45 @@ pub fn topic_partitions(
         );
     }
     Ok(topic.partitions().iter().map(|p| p.id()).collect())
+}
+
+/// Makes `request` (given how long one attempt may take) until it succeeds
+/// or `timeout` has passed, polling the client between attempts: its
+/// errors, and AWS_MSK_IAM tokens, are served by polls. A refusal (TLS,
+/// SASL, ACL) ends the wait at once; the error says why, else names
+/// `what` failed.
+pub fn ask<T>(
+    consumer: &BaseConsumer<Recorder>,
+    kafka: &KafkaConfig,
+    timeout: Duration,
+    what: &str,
+    mut request: impl FnMut(Duration) -> Result<T, KafkaError>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let _ = consumer.poll(Duration::ZERO);
+        let attempt = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .min(LOOKUP_ATTEMPT);
+        let e = match request(attempt) {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        let _ = consumer.poll(Duration::ZERO);
+        let failure = consumer.context().failure();
+        if let Some(failure) = failure.as_ref().filter(|f| f.is_auth()) {
+            return Err(failure.to_string());
+        }
+        if let KafkaError::OffsetFetch(code) | KafkaError::MetadataFetch(code) = e
+            && let Some(denied) =
+                crate::diagnose::denied(code, &kafka.security, &kafka.topic, &kafka.group_id)
+        {
+            return Err(denied.to_string());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(failure.map_or_else(|| format!("{what}: {e}"), |f| f.to_string()));
+        }
+    }
 }
 
 /// How long one metadata request may take before it is asked again.

@@ -7,12 +7,11 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::runtime::Runtime;
 
 use crate::buffer;
@@ -30,8 +29,6 @@ pub struct CheckArgs {
 
 /// How long each service gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(20);
-/// How long one Kafka request may take before it is asked again.
-const ATTEMPT: Duration = Duration::from_secs(2);
 
 pub(crate) fn execute(args: CheckArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -111,60 +108,23 @@ fn kafka(config: &Config) -> Result<String, String> {
         how.push(tls.to_string());
     }
     let consumer = source::lookup_client(kafka, "sluice-check").map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + TIMEOUT;
-    // Asks again until the deadline, unless the client has reported a
-    // failure no retry can mend (TLS, SASL, ACLs).
-    let ask = |what: &str, request: &dyn Fn() -> Result<(), KafkaError>| loop {
-        let Err(e) = request() else { return Ok(()) };
-        // The client's log lines and errors arrive on its queue.
-        let _ = consumer.poll(Duration::ZERO);
-        let failure = consumer.context().failure();
-        if let Some(failure) = failure.as_ref().filter(|f| f.is_auth()) {
-            return Err(failure.to_string());
-        }
-        if let KafkaError::OffsetFetch(code) | KafkaError::MetadataFetch(code) = e
-            && let Some(failure) = diagnose::denied(code, security, &kafka.topic, &kafka.group_id)
-        {
-            return Err(failure.to_string());
-        }
-        if Instant::now() >= deadline {
-            return Err(failure.map_or_else(|| format!("{what}: {e}"), |f| f.to_string()));
-        }
-    };
-    let metadata = std::cell::RefCell::new(None);
-    ask(&format!("brokers {}", kafka.brokers), &|| {
-        let answer = consumer.fetch_metadata(Some(&kafka.topic), ATTEMPT)?;
-        *metadata.borrow_mut() = Some(answer);
-        Ok(())
-    })?;
-    let metadata = metadata.into_inner().ok_or("no metadata")?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic)
-        .ok_or_else(|| format!("topic {} not in the brokers' metadata", kafka.topic))?;
-    if let Some(error) = topic.error() {
-        let code = RDKafkaErrorCode::from(error);
-        return Err(
-            diagnose::denied(code, security, &kafka.topic, &kafka.group_id).map_or_else(
-                || format!("topic {}: {code}", kafka.topic),
-                |f| f.to_string(),
-            ),
-        );
+    let partitions = source::topic_partitions(&consumer, kafka, TIMEOUT)?;
+    // The group's ACL: reading its committed offsets needs it.
+    let mut offsets = TopicPartitionList::new();
+    for &partition in &partitions {
+        offsets.add_partition(&kafka.topic, partition);
     }
-    let mut partitions = TopicPartitionList::new();
-    for partition in topic.partitions() {
-        partitions.add_partition(&kafka.topic, partition.id());
-    }
-    ask(&format!("group {}", kafka.group_id), &|| {
-        consumer
-            .committed_offsets(partitions.clone(), ATTEMPT)
-            .map(drop)
-    })?;
+    source::ask(
+        &consumer,
+        kafka,
+        TIMEOUT,
+        &format!("group {}", kafka.group_id),
+        |attempt| consumer.committed_offsets(offsets.clone(), attempt),
+    )?;
     Ok(format!(
         "topic {}: {} partition(s) on {} ({})",
         kafka.topic,
-        topic.partitions().len(),
+        partitions.len(),
         kafka.brokers,
         how.join(", ")
     ))

@@ -14,19 +14,32 @@ fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in the manifests"))
 }
 
+/// The documents of `config/k8s/<file>`, and the sink config its
+/// ConfigMap holds, loaded from a temporary directory after `prepare`
+/// (which may rewrite paths and put files beside it).
+fn manifests(
+    file: &str,
+    prepare: impl FnOnce(&std::path::Path, String) -> String,
+) -> (Vec<Value>, Config) {
+    let path = support::repo().join("config/k8s").join(file);
+    let docs = support::python_json("yaml_json.py", &[&path]);
+    let docs = docs.as_array().unwrap().clone();
+    let toml = kind(&docs, "ConfigMap")["data"]["sink.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = prepare(dir.path(), toml);
+    let sink = dir.path().join("sink.toml");
+    std::fs::write(&sink, toml).unwrap();
+    let config = Config::load(&sink).unwrap_or_else(|e| panic!("{file}: {e}"));
+    (docs, config)
+}
+
 #[test]
 fn kubernetes_manifests_hold_a_valid_sink_and_probe_its_port() {
-    let path = support::repo().join("config/k8s/order_placed.yaml");
-    let docs = support::python_json("yaml_json.py", &[&path]);
-    let docs = docs.as_array().unwrap();
-
-    let toml = kind(docs, "ConfigMap")["data"]["sink.toml"]
-        .as_str()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sink.toml");
-    std::fs::write(&file, toml).unwrap();
-    let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let (docs, config) = manifests("order_placed.yaml", |_, toml| toml);
+    let docs = &docs;
     let port = config.metrics_listen().unwrap().port();
 
     let deployment = kind(docs, "Deployment");
@@ -93,18 +106,11 @@ fn secured_kubernetes_examples_hold_valid_sinks() {
         ("msk_iam.yaml", "AWS_MSK_IAM"),
         ("scram.yaml", "SCRAM-SHA-512"),
     ] {
-        let path = support::repo().join("config/k8s").join(file);
-        let docs = support::python_json("yaml_json.py", &[&path]);
-        let docs = docs.as_array().unwrap();
-        let toml = kind(docs, "ConfigMap")["data"]["sink.toml"]
-            .as_str()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let toml = toml.replace("/var/run/secrets/kafka", &dir.path().display().to_string());
-        std::fs::write(dir.path().join("password"), "from-the-secret\n").unwrap();
-        let sink = dir.path().join("sink.toml");
-        std::fs::write(&sink, &toml).unwrap();
-        let config = Config::load(&sink).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let (docs, config) = manifests(file, |dir, toml| {
+            std::fs::write(dir.join("password"), "from-the-secret\n").unwrap();
+            toml.replace("/var/run/secrets/kafka", &dir.display().to_string())
+        });
+        let docs = &docs;
         let security = &config.kafka.security;
         assert_eq!(security.sasl_mechanism.unwrap().name(), mechanism, "{file}");
         if let Some(password) = &security.sasl_password {
