@@ -122,7 +122,10 @@ impl Framing {
         descriptor: MessageDescriptor,
         recursion_depth: usize,
     ) -> Framing {
-        let locator = Locator::Path([0; MAX_PATH], 1);
+        // Accepted, but no way of naming the message is taken on trust: the
+        // first record with each index path (even `[0]`) is checked against
+        // the schema, so a record of another message of the same file is
+        // refused.
         Framing::Confluent(Confluent {
             registry,
             message: descriptor.full_name().to_owned(),
@@ -131,7 +134,7 @@ impl Framing {
             verdicts: HashMap::from([(
                 id,
                 Verdict {
-                    located: vec![locator],
+                    located: Vec::new(),
                     accepted: Some(descriptor),
                     incompatible: None,
                 },

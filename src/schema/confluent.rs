@@ -133,7 +133,7 @@ impl ConfluentRegistry {
         version: Option<u32>,
     ) -> Result<(u32, Arc<DescriptorPool>), RegistryError> {
         let version = version.map_or_else(|| "latest".to_owned(), |v| v.to_string());
-        let answer: SchemaAnswer = self.get(&format!("/subjects/{subject}/versions/{version}"))?;
+        let answer: SchemaAnswer = self.get(&subject_path(subject, &version))?;
         let id = answer.id.unwrap_or_default();
         Ok((id, self.compile_and_cache(id, answer)?))
     }
@@ -182,10 +182,7 @@ impl ConfluentRegistry {
             if files.contains_key(&reference.name) {
                 continue;
             }
-            let path = format!(
-                "/subjects/{}/versions/{}",
-                reference.subject, reference.version
-            );
+            let path = subject_path(&reference.subject, &reference.version.to_string());
             let answer: SchemaAnswer = self.get(&path)?;
             self.fetch_references(id, &answer.references, files, depth + 1)?;
             files.insert(reference.name.clone(), answer.schema);
@@ -233,16 +230,55 @@ impl ConfluentRegistry {
     }
 }
 
-/// Serves the fetched schema texts to protox by file name.
+/// `/subjects/<subject>/versions/<version>`, the subject percent-encoded:
+/// Confluent's serializers register an imported file under its import
+/// path (`acme/common/v1/money.proto`), slashes included.
+fn subject_path(subject: &str, version: &str) -> String {
+    const SUBJECT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!(
+        "/subjects/{}/versions/{version}",
+        percent_encoding::utf8_percent_encode(subject, SUBJECT)
+    )
+}
+
+/// Serves the fetched schemas to protox by file name: `.proto` text, or a
+/// serialized `FileDescriptorProto` in base64 (what Confluent's
+/// serializers register, and what a registry may serve back).
 struct MemoryResolver(BTreeMap<String, String>);
 
 impl FileResolver for MemoryResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match self.0.get(name) {
-            Some(source) => File::from_source(name, source),
+            Some(schema) => match serialized(schema) {
+                Some(mut descriptor) => {
+                    // Known to the others by the name it is imported as.
+                    descriptor.name = Some(name.to_owned());
+                    Ok(File::from_file_descriptor_proto(descriptor))
+                }
+                None => File::from_source(name, schema),
+            },
             None => Err(protox::Error::file_not_found(name)),
         }
     }
+}
+
+/// The `FileDescriptorProto` a schema holds when it is one in base64
+/// (`.proto` text always has spaces or `;`).
+fn serialized(schema: &str) -> Option<prost_reflect::prost_types::FileDescriptorProto> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let schema = schema.trim();
+    if schema.is_empty() || schema.contains(|c: char| c.is_whitespace() || c == ';' || c == '{') {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(schema)
+        .ok()?;
+    prost_reflect::prost_types::FileDescriptorProto::decode(bytes.as_slice()).ok()
 }
 
 /// `https://user:pass@host` → (`https://host`, `Basic …`).

@@ -75,6 +75,89 @@ fn schema_by_id_resolves_references_and_is_cached() {
     );
 }
 
+/// `files` (name → `.proto` text) compiled, each as Confluent's Python
+/// serializer registers it: a base64 serialized `FileDescriptorProto`.
+fn serialized(files: &[(&str, &str)]) -> HashMap<String, String> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    let set = protox::compile(&names, [dir.path()]).unwrap();
+    set.file
+        .iter()
+        .filter(|f| names.contains(&f.name()))
+        .map(|f| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(f.encode_to_vec());
+            (f.name().to_owned(), encoded)
+        })
+        .collect()
+}
+
+#[test]
+fn serialized_schemas_references_by_import_path_and_every_message_index_checked() {
+    const MONEY: &str = r#"syntax = "proto3";
+package acme.common.v1;
+message Money { string currency = 1; int64 cents = 2; }"#;
+    const ORDERS: &str = r#"syntax = "proto3";
+package acme.orders.v1;
+import "acme/common/v1/money.proto";
+message Header { string id = 1; }
+message LineItem { string sku = 1; int32 quantity = 2; }
+message Placed { string order_id = 1; acme.common.v1.Money total = 2; }"#;
+    let encoded = serialized(&[
+        ("acme/common/v1/money.proto", MONEY),
+        ("acme/orders/v1/orders.proto", ORDERS),
+    ]);
+    let answer = |schema: &str, refs: &str, id: u32| {
+        format!(
+            r#"{{"id": {id}, "schemaType": "PROTOBUF", "schema": "{schema}", "references": [{refs}]}}"#
+        )
+    };
+    let refs = r#"{"name": "acme/common/v1/money.proto", "subject": "acme/common/v1/money.proto", "version": 1}"#;
+    // The registry answers the reference's subject only percent-encoded,
+    // as real registries route it.
+    let server = serve(HashMap::from([
+        (
+            "/schemas/ids/21".to_owned(),
+            answer(&encoded["acme/orders/v1/orders.proto"], refs, 21),
+        ),
+        (
+            "/subjects/acme%2Fcommon%2Fv1%2Fmoney.proto/versions/1".to_owned(),
+            answer(&encoded["acme/common/v1/money.proto"], "", 20),
+        ),
+    ]));
+    let registry = std::sync::Arc::new(ConfluentRegistry::new(&server.url));
+    let pool = registry.schema(21).unwrap_or_else(|e| panic!("{e}"));
+    let placed = pool.get_message_by_name("acme.orders.v1.Placed").unwrap();
+    let total = placed.get_field_by_name("total").unwrap();
+    assert_eq!(
+        total.kind().as_message().unwrap().full_name(),
+        "acme.common.v1.Money"
+    );
+
+    // The sink's message is third in its file: index path [2]. A record
+    // framed with the start-up id and [0] (Header) or [1] (LineItem) is
+    // another message, whatever its bytes would decode to.
+    let mut framing = sluice::framing::Framing::confluent(registry, 21, placed, 3);
+    let placed_frame = [0, 0, 0, 0, 21, 2, 4, 0x0a, 1, b'x'];
+    let framed = framing.payload(&placed_frame, None).unwrap();
+    assert_eq!(framed.payload, &placed_frame[7..]);
+    for other in [&confluent_header(21)[..], &[0, 0, 0, 0, 21, 2, 2][..]] {
+        let mut value = other.to_vec();
+        value.extend_from_slice(b"\x0a\x15LINEITEM-NOT-AN-ORDER\x10\x07");
+        let error = framing.payload(&value, None).unwrap_err().to_string();
+        assert!(
+            error.contains("acme.orders.v1.Header") || error.contains("acme.orders.v1.LineItem"),
+            "{error}"
+        );
+    }
+}
+
 #[test]
 fn latest_or_pinned_version_of_a_subject() {
     let server = serve(routes());
