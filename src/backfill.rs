@@ -44,6 +44,7 @@ pub async fn announcements(
             };
             out.push(commit::notification(
                 store.bucket(),
+                store.region(),
                 &manifest,
                 file,
                 live_tag.as_ref(),

@@ -409,7 +409,15 @@ impl Committer {
                 m.files
                     .iter()
                     .filter(|f| is_announced(f))
-                    .map(|f| notification(self.store.bucket(), m, f, published.get(&f.key)))
+                    .map(|f| {
+                        notification(
+                            self.store.bucket(),
+                            self.store.region(),
+                            m,
+                            f,
+                            published.get(&f.key),
+                        )
+                    })
             })
             .collect();
         let mut backoff = BACKOFF_START;
@@ -463,12 +471,14 @@ pub fn is_announced(file: &ManifestFile) -> bool {
 /// staged.
 pub fn notification(
     bucket: &str,
+    region: &str,
     manifest: &Manifest,
     file: &ManifestFile,
     live_tag: Option<&String>,
 ) -> FileNotification {
     FileNotification {
         bucket: bucket.to_owned(),
+        region: region.to_owned(),
         key: file.key.clone(),
         size: file.size,
         e_tag: live_tag.unwrap_or(&file.e_tag).clone(),

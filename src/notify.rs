@@ -1,9 +1,11 @@
 //! Announcing committed files: one message per file, for loaders such as
 //! Snowpipe that start from an S3 event notification.
 //!
-//! The body is the S3 event notification format (`Records[0]`), so loaders
-//! that already consume bucket notifications need no change, plus a
-//! `sluice` object with the Kafka range the file covers. This module only
+//! The body is an S3 event notification as S3 itself writes it
+//! (`Records[0]`, `eventSource` `aws:s3`, every field S3 sends), so loaders
+//! and S3-event models that accept bucket notifications accept it, plus a
+//! `sluice` object with the Kafka range the file covers (and which says
+//! who sent it). This module only
 //! formats and sends; when to send is the commit protocol's business.
 
 mod sqs;
@@ -20,6 +22,8 @@ pub use sqs::SqsNotifier;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileNotification {
     pub bucket: String,
+    /// The bucket's region (`awsRegion`).
+    pub region: String,
     pub key: String,
     pub size: u64,
     pub e_tag: String,
@@ -32,6 +36,11 @@ pub struct FileNotification {
     pub last_offset: i64,
     pub rows: u64,
 }
+
+/// The principal named in `userIdentity` and the bucket's `ownerIdentity`.
+const PRINCIPAL: &str = "sluice";
+/// `requestParameters.sourceIPAddress`: the unspecified address.
+const UNKNOWN_ADDRESS: &str = "0.0.0.0";
 
 /// Characters S3 leaves unescaped in notification keys: unreserved and `/`.
 const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -48,13 +57,27 @@ impl FileNotification {
         json!({
             "Records": [{
                 "eventVersion": "2.1",
-                "eventSource": "sluice",
+                "eventSource": "aws:s3",
+                "awsRegion": self.region,
                 "eventTime": self.event_time,
                 "eventName": "ObjectCreated:Put",
+                // What S3 would name (the writer's principal, its address,
+                // its request ids) sluice does not know: stand-ins, the
+                // same for the same file, so a re-sent body is identical.
+                "userIdentity": { "principalId": PRINCIPAL },
+                "requestParameters": { "sourceIPAddress": UNKNOWN_ADDRESS },
+                "responseElements": {
+                    "x-amz-request-id": self.sequencer(),
+                    "x-amz-id-2": format!("sluice/{}/{}/{}-{}", self.topic, self.partition, self.first_offset, self.last_offset),
+                },
                 "s3": {
                     "s3SchemaVersion": "1.0",
                     "configurationId": "sluice",
-                    "bucket": { "name": self.bucket, "arn": format!("arn:aws:s3:::{}", self.bucket) },
+                    "bucket": {
+                        "name": self.bucket,
+                        "ownerIdentity": { "principalId": PRINCIPAL },
+                        "arn": format!("arn:aws:s3:::{}", self.bucket),
+                    },
                     "object": {
                         "key": key,
                         "size": self.size,
@@ -148,6 +171,7 @@ mod tests {
     fn body_is_an_s3_event_with_sluice_details() {
         let n = FileNotification {
             bucket: "bkt".into(),
+            region: "eu-west-1".into(),
             key: "raw/ev/dt=2026-01-02/hr=03/t-1-5-9.parquet".into(),
             size: 1234,
             e_tag: "\"abc\"".into(),
@@ -162,6 +186,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&n.body()).unwrap();
         let record = &v["Records"][0];
         assert_eq!(record["eventName"], "ObjectCreated:Put");
+        assert_eq!(record["eventSource"], "aws:s3");
+        assert_eq!(record["awsRegion"], "eu-west-1");
+        for field in ["userIdentity", "requestParameters", "responseElements"] {
+            assert!(record[field].is_object(), "{field}");
+        }
         assert_eq!(record["s3"]["bucket"]["name"], "bkt");
         assert_eq!(
             record["s3"]["object"]["key"],

@@ -139,6 +139,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// The bucket name announced in notifications.
     fn bucket(&self) -> &str;
+
+    /// The region announced in notifications (S3: the client's, which
+    /// signs for the bucket's region).
+    fn region(&self) -> &str {
+        ""
+    }
 }
 
 /// S3's smallest part but the last.

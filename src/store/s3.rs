@@ -35,6 +35,7 @@ const COPY_SOURCE_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::NON_A
 pub struct S3Store {
     client: Client,
     bucket: String,
+    region: String,
     protection: Protection,
 }
 
@@ -69,6 +70,7 @@ impl S3Store {
             .timeout_config(crate::store::timeouts(request_timeout))
             .build();
         S3Store {
+            region: sdk.region().map(ToString::to_string).unwrap_or_default(),
             client: Client::from_conf(config),
             bucket,
             protection: Protection::default(),
@@ -427,5 +429,9 @@ impl ObjectStore for S3Store {
 
     fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    fn region(&self) -> &str {
+        &self.region
     }
 }

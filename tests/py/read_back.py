@@ -56,6 +56,7 @@ def as_micros(value):
 
 def drain(queue_url):
     import boto3
+    from aws_lambda_powertools.utilities.parser.models import S3Model
     sqs = boto3.client("sqs")
     messages = []
     while True:
@@ -64,7 +65,11 @@ def drain(queue_url):
         if not got:
             return messages
         for m in got:
-            messages.append(json.loads(m["Body"]))
+            body = json.loads(m["Body"])
+            # Every body must be a bucket notification as S3 writes it, by
+            # a model sluice did not write (raises if it is not).
+            S3Model.model_validate(body)
+            messages.append(body)
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
 
 
