@@ -406,18 +406,15 @@ impl Committer {
         let mut pending: Vec<FileNotification> = manifests
             .iter()
             .flat_map(|m| {
-                m.files
-                    .iter()
-                    .filter(|f| is_announced(f))
-                    .map(|f| {
-                        notification(
-                            self.store.bucket(),
-                            self.store.region(),
-                            m,
-                            f,
-                            published.get(&f.key),
-                        )
-                    })
+                m.files.iter().filter(|f| is_announced(f)).map(|f| {
+                    notification(
+                        self.store.bucket(),
+                        self.store.region(),
+                        m,
+                        f,
+                        published.get(&f.key),
+                    )
+                })
             })
             .collect();
         let mut backoff = BACKOFF_START;
