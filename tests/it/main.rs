@@ -1,10 +1,12 @@
 //! Integration tests against the real local stack that `scripts/dev-up`
-//! starts: Apache Kafka (KRaft) and moto (S3 + SQS). What sluice writes is
+//! starts: Apache Kafka (KRaft, with secured listeners), moto (S3 + SQS)
+//! and Apicurio Registry. What sluice writes is
 //! read back with pyarrow. Every test makes its own topic, group, bucket and
 //! queue, so they run in parallel and against a stack that is not fresh.
 
 #![allow(unreachable_pub)]
 
+mod apicurio;
 mod broker;
 mod configs;
 mod deploy;

@@ -75,9 +75,22 @@ fn schema_by_id_resolves_references_and_is_cached() {
     );
 }
 
+/// A file imported by its path, as Confluent's serializers register it.
+pub const MONEY: &str = r#"syntax = "proto3";
+package acme.common.v1;
+message Money { string currency = 1; int64 cents = 2; }"#;
+
+/// The message read (`Placed`) third in its file: index path `[2]`.
+pub const ORDERS: &str = r#"syntax = "proto3";
+package acme.orders.v1;
+import "acme/common/v1/money.proto";
+message Header { string id = 1; }
+message LineItem { string sku = 1; int32 quantity = 2; }
+message Placed { string order_id = 1; acme.common.v1.Money total = 2; }"#;
+
 /// `files` (name → `.proto` text) compiled, each as Confluent's Python
 /// serializer registers it: a base64 serialized `FileDescriptorProto`.
-fn serialized(files: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn serialized(files: &[(&str, &str)]) -> HashMap<String, String> {
     use base64::Engine as _;
     use prost::Message as _;
     let dir = tempfile::tempdir().unwrap();
@@ -100,15 +113,6 @@ fn serialized(files: &[(&str, &str)]) -> HashMap<String, String> {
 
 #[test]
 fn serialized_schemas_references_by_import_path_and_every_message_index_checked() {
-    const MONEY: &str = r#"syntax = "proto3";
-package acme.common.v1;
-message Money { string currency = 1; int64 cents = 2; }"#;
-    const ORDERS: &str = r#"syntax = "proto3";
-package acme.orders.v1;
-import "acme/common/v1/money.proto";
-message Header { string id = 1; }
-message LineItem { string sku = 1; int32 quantity = 2; }
-message Placed { string order_id = 1; acme.common.v1.Money total = 2; }"#;
     let encoded = serialized(&[
         ("acme/common/v1/money.proto", MONEY),
         ("acme/orders/v1/orders.proto", ORDERS),
