@@ -1073,7 +1073,7 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 
 /// Deserializers that accept a value's native TOML form or its string form
 /// (environment overrides are strings).
-mod de {
+pub(crate) mod de {
     use serde::{Deserialize, Deserializer, de::Error};
 
     #[derive(Deserialize)]
@@ -1093,7 +1093,7 @@ mod de {
         }
     }
 
-    pub(super) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    pub(crate) fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         opt_bool(d).map(|b| b.unwrap_or(false))
     }
 

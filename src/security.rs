@@ -177,7 +177,7 @@ pub struct SecurityConfig {
     pub ca_pem: Option<String>,
     /// Check that the broker's certificate names the host connected to
     /// (default `true`).
-    #[serde(default = "yes", deserialize_with = "de_bool")]
+    #[serde(default = "yes", deserialize_with = "crate::config::de::bool")]
     pub verify_hostname: bool,
     /// Client certificate (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
@@ -240,21 +240,6 @@ fn yes() -> bool {
 
 fn default_auth_failure_timeout() -> Duration {
     Duration::from_secs(60)
-}
-
-fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bool(b) => Ok(b),
-        Raw::Str(s) if s.trim() == "true" => Ok(true),
-        Raw::Str(s) if s.trim() == "false" => Ok(false),
-        _ => Err(serde::de::Error::custom("expected `true` or `false`")),
-    }
 }
 
 /// A problem with `[kafka.security]`: the key (under `kafka.security.`)
