@@ -579,18 +579,15 @@ pub enum StorageUrl {
 
 impl KafkaConfig {
     /// Every secret of the Kafka settings (`[kafka.security]`'s, and
-    /// pass-through properties whose names say password, secret or JAAS),
+    /// pass-through properties whose names say password, secret, token or
+    /// JAAS),
     /// to be kept out of log lines and errors.
     pub fn secrets(&self) -> Vec<&str> {
         let mut secrets: Vec<&str> = self.security.secrets().collect();
         secrets.extend(
             self.properties
                 .iter()
-                .filter(|(key, _)| {
-                    ["password", "secret", "jaas", "ssl.key.pem"]
-                        .iter()
-                        .any(|s| key.to_ascii_lowercase().contains(s))
-                })
+                .filter(|(key, _)| is_secret_key(key))
                 .map(|(_, value)| value.as_str()),
         );
         secrets
@@ -1198,9 +1195,16 @@ pub fn parse_byte_size(text: &str) -> Option<u64> {
 #[path = "config_tests.rs"]
 mod tests;
 
+/// Whether a key's name says its value is a secret (Kafka's SASL and SSL
+/// properties among them).
+fn is_secret_key(key: &str) -> bool {
+    const SECRET: [&str; 5] = ["password", "secret", "token", "jaas", "ssl.key.pem"];
+    let key = key.to_ascii_lowercase();
+    SECRET.iter().any(|s| key.contains(s))
+}
+
 /// Masks secrets in `value`, found under `key`.
 fn redact(value: &mut serde_json::Value, key: &str) {
-    const SECRET: [&str; 5] = ["password", "secret", "token", "jaas", "ssl.key.pem"];
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
@@ -1209,8 +1213,7 @@ fn redact(value: &mut serde_json::Value, key: &str) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
         serde_json::Value::String(text) => {
-            let name = key.to_ascii_lowercase();
-            if SECRET.iter().any(|s| name.contains(s)) {
+            if is_secret_key(key) {
                 *text = "***".to_owned();
             } else if let Some((scheme, rest)) = text.split_once("://")
                 && let Some((userinfo, host)) = rest.split_once('@')

@@ -31,13 +31,8 @@ fn url_with(user: &str, password: &str) -> String {
 /// it); the registry's answer (`{"id": …}`).
 fn register(subject: &str, schema: &str, references: Value) -> Value {
     let (user, password) = credentials();
-    let subject: String = subject
-        .bytes()
-        .map(|b| match b {
-            b'/' => "%2F".to_owned(),
-            _ => (b as char).to_string(),
-        })
-        .collect();
+    let subject =
+        percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC);
     let body = json!({"schemaType": "PROTOBUF", "schema": schema, "references": references});
     let out = std::process::Command::new("curl")
         .args([
