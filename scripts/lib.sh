@@ -46,6 +46,40 @@ SLUICE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CHECKOUT_KEY="$(basename "$SLUICE_REPO")-$(printf %s "$SLUICE_REPO" | cksum | cut -d' ' -f1)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/targets/$CHECKOUT_KEY}"
 
+# The build cache and the broker's log dir share a finite disk with every
+# other checkout on the machine (CI included): cargo keeps every superseded
+# test binary, and every checkout gets its own target directory.
+# prune_builds: drops the target directories of checkouts unused for two
+# days, and all but the newest four executables of each name in this one.
+prune_builds() {
+  local targets="$SLUICE_CACHE/targets" dir
+  mkdir -p "$CARGO_TARGET_DIR" && touch "$CARGO_TARGET_DIR/.last-used"
+  for dir in "$targets"/*/; do
+    dir=${dir%/}
+    case "$dir" in "$CARGO_TARGET_DIR" | "$CARGO_TARGET_DIR-fuzz") continue ;; esac
+    local stamp="${dir%-fuzz}/.last-used"
+    if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +2880)" ]; then
+      log "removing the build cache of an unused checkout: $dir"
+      rm -rf "$dir"
+    fi
+  done
+  find "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR-fuzz" -maxdepth 5 \
+      \( -path '*/deps/*' -o -path '*/examples/*' \) -type f -perm -u+x -printf '%T@ %p\n' 2>/dev/null | sort -rn |
+    awk '{ n = $2; sub(/.*\//, "", n); sub(/-[0-9a-f]+$/, "", n); if (++seen[n] > 4) print $2 }' |
+    xargs -r rm -f
+}
+
+# delete_topics <regex>: drops the topics whose whole name matches.
+delete_topics() {
+  java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$KAFKA_HOME/libs/*" \
+    org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" \
+    --delete --if-exists --topic "$1" >/dev/null 2>&1 || true
+}
+
+# The tests name their topics <name>-<pid>-<nanos> (tests/it/support.rs
+# `unique`); they are dropped before and after a run.
+TEST_TOPICS='.+-[0-9]+-[0-9]+'
+
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -124,9 +124,15 @@ pub struct SchemaConfig {
     /// (`https://user:password@host` for basic auth).
     pub registry: String,
     /// Registry subject whose latest version the sink starts with; defaults
-    /// to `<topic>-value` (Confluent's TopicNameStrategy).
+    /// to the one `subject_strategy` names.
     #[serde(default)]
     pub subject: Option<String>,
+    /// How producers name the subject, as their serializer's
+    /// `subject.name.strategy`: `TopicNameStrategy` (`<topic>-value`, the
+    /// default), `RecordNameStrategy` (`<message>`) or
+    /// `TopicRecordNameStrategy` (`<topic>-<message>`).
+    #[serde(default)]
+    pub subject_strategy: Option<SubjectStrategy>,
     /// The subject's version to start with: `latest` (the default) or a
     /// version number, to pin the sink while an incompatible version is
     /// sorted out. Newer compatible versions are still picked up as records
@@ -137,6 +143,28 @@ pub struct SchemaConfig {
     /// that, the field is written as its canonical JSON (a string column).
     #[serde(default = "default_recursion_depth", deserialize_with = "de::usize")]
     pub recursion_depth: usize,
+}
+
+/// Confluent's subject name strategies (the class names, with or without
+/// their package).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SubjectStrategy {
+    #[serde(alias = "io.confluent.kafka.serializers.subject.TopicNameStrategy")]
+    TopicNameStrategy,
+    #[serde(alias = "io.confluent.kafka.serializers.subject.RecordNameStrategy")]
+    RecordNameStrategy,
+    #[serde(alias = "io.confluent.kafka.serializers.subject.TopicRecordNameStrategy")]
+    TopicRecordNameStrategy,
+}
+
+impl SubjectStrategy {
+    pub fn subject(self, topic: &str, message: &str) -> String {
+        match self {
+            SubjectStrategy::TopicNameStrategy => format!("{topic}-value"),
+            SubjectStrategy::RecordNameStrategy => message.to_owned(),
+            SubjectStrategy::TopicRecordNameStrategy => format!("{topic}-{message}"),
+        }
+    }
 }
 
 fn default_recursion_depth() -> usize {
@@ -744,6 +772,12 @@ impl Config {
         }
         self.schema_source()
             .map_err(|m| bad("schema.registry", m))?;
+        if self.schema.subject.is_some() && self.schema.subject_strategy.is_some() {
+            return Err(bad(
+                "schema.subject_strategy",
+                "expected either schema.subject or schema.subject_strategy, got both".into(),
+            ));
+        }
         self.storage_url().map_err(|m| bad("storage.url", m))?;
         if let Some(url) = &self.notify.queue_url {
             let host = url
@@ -877,11 +911,12 @@ impl Config {
             _ if registry.starts_with("http://") || registry.starts_with("https://") => {
                 Ok(SchemaSource::Confluent {
                     url: registry.clone(),
-                    subject: self
-                        .schema
-                        .subject
-                        .clone()
-                        .unwrap_or_else(|| format!("{}-value", self.kafka.topic)),
+                    subject: self.schema.subject.clone().unwrap_or_else(|| {
+                        self.schema
+                            .subject_strategy
+                            .unwrap_or(SubjectStrategy::TopicNameStrategy)
+                            .subject(&self.kafka.topic, &self.event.message)
+                    }),
                     version: self.schema.version,
                 })
             }

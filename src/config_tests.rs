@@ -209,6 +209,36 @@ fn registry_subject_and_version() {
         let env = [registry[0], ("SLUICE_SCHEMA__VERSION", text)];
         assert_eq!(parse(MINIMAL, &env).unwrap().schema.version, expected);
     }
+    for (strategy, subject) in [
+        ("TopicNameStrategy", "orders-value"),
+        ("RecordNameStrategy", "sluice.examples.OrderPlaced"),
+        (
+            "io.confluent.kafka.serializers.subject.TopicRecordNameStrategy",
+            "orders-sluice.examples.OrderPlaced",
+        ),
+    ] {
+        let env = [registry[0], ("SLUICE_SCHEMA__SUBJECT_STRATEGY", strategy)];
+        let source = parse(MINIMAL, &env).unwrap().schema_source().unwrap();
+        assert!(
+            matches!(&source, SchemaSource::Confluent { subject: s, .. } if s == subject),
+            "{strategy}: {source:?}"
+        );
+    }
+    let both = [
+        registry[0],
+        ("SLUICE_SCHEMA__SUBJECT_STRATEGY", "RecordNameStrategy"),
+        ("SLUICE_SCHEMA__SUBJECT", "orders-value"),
+    ];
+    let e = error(MINIMAL, &both);
+    assert!(e.contains("schema.subject_strategy"), "{e}");
+    let e = error(
+        MINIMAL,
+        &[registry[0], ("SLUICE_SCHEMA__SUBJECT_STRATEGY", "ByTopic")],
+    );
+    assert!(
+        e.contains("schema.subject_strategy") && e.contains("RecordNameStrategy"),
+        "{e}"
+    );
     let pinned = MINIMAL.replace("[storage]", "version = 2\n[storage]");
     assert_eq!(parse(&pinned, &[]).unwrap().schema.version, Some(2));
     let e = error(&MINIMAL.replace("[storage]", "version = 0\n[storage]"), &[]);

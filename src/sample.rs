@@ -54,6 +54,8 @@ pub struct OrderSample {
     timestamp: MessageDescriptor,
     /// Event times spread over the three hours before this (µs since epoch).
     pub base_micros: i64,
+    /// Bytes before each payload: the Confluent wire format's header.
+    framing: Vec<u8>,
 }
 
 impl OrderSample {
@@ -67,7 +69,14 @@ impl OrderSample {
             descriptor: descriptor.clone(),
             timestamp,
             base_micros: 1_767_225_600_000_000, // 2026-01-01T00:00:00Z
+            framing: Vec::new(),
         })
+    }
+
+    /// Payloads start with `framing` (a Confluent wire-format header).
+    pub fn with_framing(mut self, framing: Vec<u8>) -> OrderSample {
+        self.framing = framing;
+        self
     }
 
     pub fn with_base_micros(mut self, base_micros: i64) -> OrderSample {
@@ -95,7 +104,14 @@ impl OrderSample {
 
     /// The encoded payload of event `seq`.
     pub fn encode(&self, seq: u64) -> Vec<u8> {
-        self.message(seq).encode_to_vec()
+        let message = self.message(seq);
+        if self.framing.is_empty() {
+            return message.encode_to_vec();
+        }
+        let mut out = Vec::with_capacity(self.framing.len() + message.encoded_len());
+        out.extend_from_slice(&self.framing);
+        message.encode(&mut out).expect("a Vec grows");
+        out
     }
 
     /// Event `seq` in the canonical Protobuf JSON mapping.

@@ -24,3 +24,4 @@ mod security;
 mod stores;
 mod subcommands;
 mod support;
+mod tcp_gate;

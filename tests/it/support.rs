@@ -681,8 +681,8 @@ pub struct Server {
     pub url: String,
     pub requests: Arc<AtomicUsize>,
     pub auth: Arc<Mutex<Vec<String>>>,
-    /// While set, connections are closed without an answer (registry down).
-    pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// This many next requests are answered `503 Service Unavailable`.
+    pub fail_next: Arc<AtomicUsize>,
 }
 
 pub fn serve(routes: HashMap<String, String>) -> Server {
@@ -691,14 +691,11 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
     let requests = Arc::new(AtomicUsize::new(0));
     let auth = Arc::new(Mutex::new(Vec::new()));
     let (count, seen) = (requests.clone(), auth.clone());
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let is_down = down.clone();
+    let fail_next = Arc::new(AtomicUsize::new(0));
+    let failing = fail_next.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            if is_down.load(Ordering::SeqCst) {
-                continue;
-            }
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
@@ -716,7 +713,14 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
                 }
             }
             count.fetch_add(1, Ordering::SeqCst);
+            let fail = failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
             let (status, body) = match routes.get(&path) {
+                _ if fail => (
+                    "503 Service Unavailable",
+                    r#"{"error_code":50003,"message":"busy"}"#.to_owned(),
+                ),
                 Some(body) => ("200 OK", body.clone()),
                 None => (
                     "404 Not Found",
@@ -734,7 +738,7 @@ pub fn serve(routes: HashMap<String, String>) -> Server {
         url,
         requests,
         auth,
-        down,
+        fail_next,
     }
 }
 
