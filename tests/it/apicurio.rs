@@ -192,6 +192,18 @@ fn latest_or_pinned_version_unknown_ids_and_other_schema_types() {
     );
 }
 
+/// A sink of `topic` writing under the directory `dir`; its storage URL.
+fn file_sink(topic: &str, dir: &std::path::Path, interval: &str) -> (Sink, String) {
+    let storage = format!("file://{}", dir.display());
+    let sink = Sink::new(SinkSpec {
+        topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval,
+    });
+    (sink, storage)
+}
+
 /// Sets `subject`'s compatibility level, as an operator would to register
 /// a breaking version.
 fn set_compatibility(subject: &str, level: &str) {
@@ -383,13 +395,7 @@ async fn confluent_serializer_records_land_exactly_once_through_evolution() {
     note(&written, &records, &mut expected_rows, &mut expected_dead);
 
     let storage_dir = work.path().join("storage");
-    let storage = format!("file://{}", storage_dir.display());
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "2s",
-    });
+    let (mut sink, storage) = file_sink(&topic, &storage_dir, "2s");
     let (user, password) = credentials();
     let registry = url_with(&user, &password);
     let env = [
@@ -538,13 +544,7 @@ async fn record_name_strategy_and_a_registry_outage() {
     confluent_produce(spec(&records, true));
 
     let storage_dir = work.path().join("storage");
-    let storage = format!("file://{}", storage_dir.display());
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let (mut sink, storage) = file_sink(&topic, &storage_dir, "1s");
     let (user, password) = credentials();
 
     // Wrong credentials: `run` stops at start-up with the registry's answer,
@@ -700,13 +700,7 @@ async fn wire_format_records_decode_and_bad_framing_becomes_dead_letters() {
     send(framed(UNKNOWN_ID, 21), 21).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let (mut sink, storage) = file_sink(&topic, dir.path(), "1s");
     sink.start_with_env(&[("SLUICE_SCHEMA__REGISTRY", &through_gate)]);
     sink.wait_committed(&[22], Duration::from_secs(60));
     // The registry goes down mid-stream: records of the cached id keep
@@ -864,13 +858,7 @@ async fn newer_versions_roll_files_once_and_incompatible_versions_become_dead_le
     dead.push(offset);
 
     let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "2s",
-    });
+    let (mut sink, storage) = file_sink(&topic, dir.path(), "2s");
     let (user, password) = credentials();
     sink.start_with_env(&[("SLUICE_SCHEMA__REGISTRY", &url_with(&user, &password))]);
     sink.wait_committed(&[offset + 1], Duration::from_secs(60));
