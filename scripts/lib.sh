@@ -50,7 +50,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE/targets/$CHECKOUT_KEY
 # other checkout on the machine (CI included): cargo keeps every superseded
 # test binary, and every checkout gets its own target directory.
 # prune_builds: drops the target directories of checkouts unused for two
-# days, and all but the newest four executables of each name in this one.
+# days, and all but the newest four executables of each name in this one
+# (test binaries and examples; proc-macro libraries are left alone).
 prune_builds() {
   local targets="$SLUICE_CACHE/targets" dir
   mkdir -p "$CARGO_TARGET_DIR" && touch "$CARGO_TARGET_DIR/.last-used"
@@ -64,7 +65,7 @@ prune_builds() {
     fi
   done
   find "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR-fuzz" -maxdepth 5 \
-      \( -path '*/deps/*' -o -path '*/examples/*' \) -type f -perm -u+x -printf '%T@ %p\n' 2>/dev/null | sort -rn |
+      \( -path '*/deps/*' -o -path '*/examples/*' \) -type f -perm -u+x ! -name '*.so' -size +10M -printf '%T@ %p\n' 2>/dev/null | sort -rn |
     awk '{ n = $2; sub(/.*\//, "", n); sub(/-[0-9a-f]+$/, "", n); if (++seen[n] > 4) print $2 }' |
     xargs -r rm -f
 }
