@@ -57,6 +57,7 @@ prune_builds() {
   mkdir -p "$CARGO_TARGET_DIR" && touch "$CARGO_TARGET_DIR/.last-used"
   for dir in "$targets"/*/; do
     dir=${dir%/}
+    [ -d "$dir" ] || continue
     case "$dir" in "$CARGO_TARGET_DIR" | "$CARGO_TARGET_DIR-fuzz") continue ;; esac
     local stamp="${dir%-fuzz}/.last-used"
     if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +2880)" ]; then
@@ -64,10 +65,12 @@ prune_builds() {
       rm -rf "$dir"
     fi
   done
-  find "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR-fuzz" -maxdepth 5 \
+  local mine=("$CARGO_TARGET_DIR")
+  [ -d "$CARGO_TARGET_DIR-fuzz" ] && mine+=("$CARGO_TARGET_DIR-fuzz")
+  find "${mine[@]}" -maxdepth 5 \
       \( -path '*/deps/*' -o -path '*/examples/*' \) -type f -perm -u+x ! -name '*.so' -size +10M -printf '%T@ %p\n' 2>/dev/null | sort -rn |
     awk '{ n = $2; sub(/.*\//, "", n); sub(/-[0-9a-f]+$/, "", n); if (++seen[n] > 4) print $2 }' |
-    xargs -r rm -f
+    xargs -r rm -f || true
 }
 
 # delete_topics <regex>: drops the topics whose whole name matches.
