@@ -23,6 +23,14 @@ const MAX_REFERENCE_DEPTH: usize = 32;
 pub enum RegistryError {
     #[error("schema registry {url}: {path} not found")]
     NotFound { url: String, path: String },
+    #[error(
+        "schema registry {url} refused the request ({path}): HTTP {status}; check the user and password in schema.registry"
+    )]
+    Refused {
+        url: String,
+        path: String,
+        status: u16,
+    },
     #[error("schema registry {url} unreachable ({path}): {message}")]
     Unreachable {
         url: String,
@@ -210,6 +218,13 @@ impl ConfluentRegistry {
                     return Err(RegistryError::NotFound {
                         url: self.url.clone(),
                         path: path.to_owned(),
+                    });
+                }
+                Err(ureq::Error::StatusCode(status @ (401 | 403))) => {
+                    return Err(RegistryError::Refused {
+                        url: self.url.clone(),
+                        path: path.to_owned(),
+                        status,
                     });
                 }
                 Err(e) => e,

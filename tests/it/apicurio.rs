@@ -119,7 +119,10 @@ async fn references_by_import_path_and_serialized_schemas_from_apicurio() {
 
     let wrong = ConfluentRegistry::new(&url_with(&user, "not-the-password"));
     let error = wrong.latest(&subject).unwrap_err().to_string();
-    assert!(error.contains("401"), "{error}");
+    assert!(
+        error.contains("refused the request") && error.contains("HTTP 401"),
+        "{error}"
+    );
     assert!(!error.contains("not-the-password"), "{error}");
 
     // `sluice check` resolves the sink's subject, references and message.
@@ -557,7 +560,12 @@ async fn record_name_strategy_and_a_registry_outage() {
     ]);
     assert!(!sink.wait_exit(Duration::from_secs(60)).success());
     let logs = sink.logs();
-    assert!(logs.contains("401") && logs.contains(&message), "{logs}");
+    assert!(
+        logs.contains("refused the request")
+            && logs.contains("HTTP 401")
+            && logs.contains(&message),
+        "{logs}"
+    );
     assert!(!logs.contains("not-the-password"), "{logs}");
 
     // Through a gate that can take the registry away from this sluice only.
