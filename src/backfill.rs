@@ -43,8 +43,7 @@ pub async fn announcements(
                 ),
             };
             out.push(commit::notification(
-                store.bucket(),
-                store.region(),
+                store,
                 &manifest,
                 file,
                 live_tag.as_ref(),

@@ -406,15 +406,10 @@ impl Committer {
         let mut pending: Vec<FileNotification> = manifests
             .iter()
             .flat_map(|m| {
-                m.files.iter().filter(|f| is_announced(f)).map(|f| {
-                    notification(
-                        self.store.bucket(),
-                        self.store.region(),
-                        m,
-                        f,
-                        published.get(&f.key),
-                    )
-                })
+                m.files
+                    .iter()
+                    .filter(|f| is_announced(f))
+                    .map(|f| notification(&*self.store, m, f, published.get(&f.key)))
             })
             .collect();
         let mut backoff = BACKOFF_START;
@@ -467,15 +462,14 @@ pub fn is_announced(file: &ManifestFile) -> bool {
 /// same body. `live_tag`: the ETag of the file's live copy, when it was
 /// staged.
 pub fn notification(
-    bucket: &str,
-    region: &str,
+    store: &dyn ObjectStore,
     manifest: &Manifest,
     file: &ManifestFile,
     live_tag: Option<&String>,
 ) -> FileNotification {
     FileNotification {
-        bucket: bucket.to_owned(),
-        region: region.to_owned(),
+        bucket: store.bucket().to_owned(),
+        region: store.region().to_owned(),
         key: file.key.clone(),
         size: file.size,
         e_tag: live_tag.unwrap_or(&file.e_tag).clone(),

@@ -53,10 +53,22 @@ fn register(subject: &str, schema: &str, references: Value) -> Value {
 }
 
 fn register_as(kind: &str, subject: &str, schema: &str, references: Value) -> Value {
-    let (user, password) = credentials();
-    let subject =
-        percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC);
     let body = json!({"schemaType": kind, "schema": schema, "references": references});
+    write_registry(
+        "POST",
+        &format!("/subjects/{}/versions", encoded(subject)),
+        &body,
+    )
+}
+
+fn encoded(subject: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC)
+}
+
+/// Sends `body` to the registry's Confluent API at `path` with `method`,
+/// as an administrator would with curl; its JSON answer.
+fn write_registry(method: &str, path: &str, body: &Value) -> Value {
+    let (user, password) = credentials();
     let out = std::process::Command::new("curl")
         .args([
             "-s",
@@ -64,16 +76,16 @@ fn register_as(kind: &str, subject: &str, schema: &str, references: Value) -> Va
             "-u",
             &format!("{user}:{password}"),
             "-X",
-            "POST",
+            method,
         ])
         .args(["-H", "Content-Type: application/vnd.schemaregistry.v1+json"])
         .args(["--data", &body.to_string()])
-        .arg(format!("{}/subjects/{subject}/versions", url()))
+        .arg(format!("{}{path}", url()))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "registering {subject}: {}",
+        "{method} {path}: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).unwrap()
@@ -210,21 +222,8 @@ fn file_sink(topic: &str, dir: &std::path::Path, interval: &str) -> (Sink, Strin
 /// Sets `subject`'s compatibility level, as an operator would to register
 /// a breaking version.
 fn set_compatibility(subject: &str, level: &str) {
-    let (user, password) = credentials();
-    let subject =
-        percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC);
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-f", "-u", &format!("{user}:{password}"), "-X", "PUT"])
-        .args(["-H", "Content-Type: application/vnd.schemaregistry.v1+json"])
-        .args(["--data", &json!({ "compatibility": level }).to_string()])
-        .arg(format!("{}/config/{subject}", url()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let body = json!({ "compatibility": level });
+    write_registry("PUT", &format!("/config/{}", encoded(subject)), &body);
 }
 
 /// `files` (name → `.proto` text) compiled into a serialized
@@ -253,26 +252,15 @@ struct Written {
     value_hex: String,
 }
 
-/// Runs `tests/py/confluent_produce.py` with `spec` (see there).
-fn confluent_produce(spec: Value) -> Vec<Written> {
+/// Runs `tests/py/confluent_produce.py` with `spec` (see there), against
+/// the local broker and registry.
+fn confluent_produce(mut spec: Value) -> Vec<Written> {
+    let (user, password) = credentials();
+    spec["brokers"] = support::brokers().into();
+    spec["registry"] = json!({"url": url(), "user": user, "password": password});
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), spec.to_string()).unwrap();
-    let (user, password) = credentials();
-    let output = std::process::Command::new(support::python())
-        .arg(support::repo().join("tests/py/confluent_produce.py"))
-        .arg(file.path())
-        .env("KAFKA_BROKERS", support::brokers())
-        .env("SCHEMA_REGISTRY_URL", url())
-        .env("SCHEMA_REGISTRY_USER", user)
-        .env("SCHEMA_REGISTRY_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "confluent_produce.py: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_value(support::python_json("confluent_produce.py", &[file.path()])).unwrap()
 }
 
 /// A `Placed` record `i` as protobuf JSON, with its CloudEvents headers;

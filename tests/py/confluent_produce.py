@@ -5,7 +5,8 @@ registered schemas of a real client rather than sluice's reading of them.
 
 usage: confluent_produce.py SPEC.json
 
-SPEC: {"topic": T, "strategy": "topic" | "record" (default "topic"),
+SPEC: {"brokers": B, "registry": {"url": U, "user": N, "password": P},
+       "topic": T, "strategy": "topic" | "record" (default "topic"),
        "schemas": [{"descriptors": PATH, "message": FULL_NAME}, ...],
        "records": [{"schema": I, "value": {...}, "headers": {...}, "partition": P}, ...],
        "produce": true}
@@ -15,12 +16,8 @@ own descriptor pool, so two versions of one file can be written in one run.
 (through confluent-kafka's Producer), or with "produce": false only
 serialized, for the test to produce later.
 Prints [{"partition", "offset", "schema_id", "value_hex"}] per record.
-
-Environment: KAFKA_BROKERS, SCHEMA_REGISTRY_URL, SCHEMA_REGISTRY_USER,
-SCHEMA_REGISTRY_PASSWORD.
 """
 import json
-import os
 import sys
 
 from confluent_kafka import Producer
@@ -49,11 +46,11 @@ def message_class(path, name):
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
-    user = os.environ.get("SCHEMA_REGISTRY_USER")
-    conf = {"url": os.environ["SCHEMA_REGISTRY_URL"]}
-    if user:
-        conf["basic.auth.user.info"] = f"{user}:{os.environ['SCHEMA_REGISTRY_PASSWORD']}"
-    registry = SchemaRegistryClient(conf)
+    registry = spec["registry"]
+    registry = SchemaRegistryClient({
+        "url": registry["url"],
+        "basic.auth.user.info": f"{registry['user']}:{registry['password']}",
+    })
     strategy = STRATEGIES[spec.get("strategy", "topic")]
     schemas = []
     for s in spec["schemas"]:
@@ -74,7 +71,7 @@ def main():
     out = [{"partition": None, "offset": None,
             "schema_id": int.from_bytes(v[1:5], "big"), "value_hex": v.hex()} for v in values]
     if spec.get("produce", True):
-        producer = Producer({"bootstrap.servers": os.environ["KAFKA_BROKERS"],
+        producer = Producer({"bootstrap.servers": spec["brokers"],
                              "enable.idempotence": True, "linger.ms": 5})
 
         def delivered(i):
