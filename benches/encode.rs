@@ -1,5 +1,6 @@
 //! Writer settings on the reference event: envelope → decode → Arrow →
-//! Parquet for each codec × level × dictionary policy, reporting records/s
+//! Parquet for each codec × level × dictionary policy (and, at the
+//! defaults, v2 pages and no statistics), reporting records/s
 //! (criterion) **and** bytes per row of output (printed once per setting),
 //! so the size a setting costs sits next to its speed. DESIGN.md
 //! ("Performance") has the figures and the defaults chosen from them.
@@ -9,7 +10,7 @@
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::config::{Codec, Dictionary, ParquetConfig};
+use sluice::config::{Codec, Dictionary, ParquetConfig, ParquetVersion, Statistics};
 use sluice::sample::{Encoded, Reference};
 
 const EVENTS: usize = 100_000;
@@ -56,16 +57,37 @@ fn benches(c: &mut Criterion) {
         ("dict_all", Dictionary::All),
         ("dict_none", Dictionary::None),
     ];
+    let mut settings = Vec::new();
     for (codec_name, codec, level) in codecs {
         for (dict_name, dictionary) in dictionaries {
-            let name = format!("{codec_name}/{dict_name}");
-            let parquet = config(codec, level, dictionary);
-            let bytes = write_all(&input, &reference, &parquet);
-            eprintln!("{name}: {:.1} bytes per row", bytes as f64 / EVENTS as f64);
-            group.bench_function(&name, |b| {
-                b.iter(|| write_all(&input, &reference, &parquet))
-            });
+            settings.push((
+                format!("{codec_name}/{dict_name}"),
+                config(codec, level, dictionary),
+            ));
         }
+    }
+    // The other two axes, next to the defaults (zstd 1, dictionary auto):
+    // v2 data pages (delta encodings for integers and for strings without a
+    // dictionary) and no min/max statistics.
+    let defaults = config(Codec::Zstd, Some(1), Dictionary::Auto);
+    settings.push((
+        "zstd1/dict_auto/v2".to_owned(),
+        ParquetConfig {
+            writer_version: ParquetVersion::V2,
+            ..defaults.clone()
+        },
+    ));
+    settings.push((
+        "zstd1/dict_auto/no_statistics".to_owned(),
+        ParquetConfig {
+            statistics: Statistics::None,
+            ..defaults
+        },
+    ));
+    for (name, parquet) in &settings {
+        let bytes = write_all(&input, &reference, parquet);
+        eprintln!("{name}: {:.1} bytes per row", bytes as f64 / EVENTS as f64);
+        group.bench_function(name, |b| b.iter(|| write_all(&input, &reference, parquet)));
     }
     group.finish();
 }
