@@ -128,7 +128,7 @@ fn parse_time(text: &str) -> Result<i64, EnvelopeError> {
 
 /// µs since the epoch of the form producers almost always send,
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without chrono (whose general
-/// RFC 3339 parser cost more than the rest of the envelope). Anything else
+/// RFC 3339 parser cost about as much as the rest of the envelope). Anything else
 /// (offsets, lowercase separators, leap seconds, a bad date) is `None` and
 /// left to chrono, which decides.
 fn utc_micros(text: &[u8]) -> Option<i64> {
@@ -295,10 +295,10 @@ mod tests {
                 .ok()
                 .map(|t| t.timestamp_micros())
         };
-        let mut seconds = -62_135_596_800i64; // 0001-01-01
+        // From 0001-01-01 to 9999-12-31T23:59:59, every 97 days and a bit.
+        let mut seconds = -62_135_596_800i64;
         let mut checked = 0;
         while seconds < 253_402_300_799 {
-            // 9999-12-31T23:59:59
             let nanos = (seconds.rem_euclid(1_000_000_007)) as u32 % 1_000_000_000;
             let time = Utc.timestamp_opt(seconds, nanos).unwrap();
             for format in [
