@@ -132,44 +132,22 @@ fn parse_time(text: &str) -> Result<i64, EnvelopeError> {
 /// (offsets, lowercase separators, leap seconds, a bad date) is `None` and
 /// left to chrono, which decides.
 fn utc_micros(text: &[u8]) -> Option<i64> {
-    let [
-        y0,
-        y1,
-        y2,
-        y3,
-        b'-',
-        m0,
-        m1,
-        b'-',
-        d0,
-        d1,
-        b'T',
-        h0,
-        h1,
-        b':',
-        i0,
-        i1,
-        b':',
-        s0,
-        s1,
-        rest @ ..,
-    ] = text
-    else {
+    if text.len() < 20 {
         return None;
-    };
+    }
+    let (stamp, rest) = text.split_at(19);
+    if [4, 7, 10, 13, 16].map(|i| stamp[i]) != *b"--T::" {
+        return None;
+    }
     let digits = |digits: &[u8]| {
         digits.iter().try_fold(0u32, |n, &c| {
             c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
         })
     };
-    let year = digits(&[*y0, *y1, *y2, *y3])?;
-    let month = digits(&[*m0, *m1])?;
-    let day = digits(&[*d0, *d1])?;
-    let (hour, minute, second) = (
-        digits(&[*h0, *h1])?,
-        digits(&[*i0, *i1])?,
-        digits(&[*s0, *s1])?,
-    );
+    let [year, month, day, hour, minute, second] =
+        [0..4, 5..7, 8..10, 11..13, 14..16, 17..19].map(|range| digits(&stamp[range]));
+    let (year, month, day) = (year?, month?, day?);
+    let (hour, minute, second) = (hour?, minute?, second?);
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let month_days = match month {
         2 if leap => 29,
