@@ -507,7 +507,7 @@ async fn gc_lists_and_deletes_orphans_only() {
     check_exactly_once(&read, &produced, &reference_sample());
 }
 
-/// A file of ~145 MiB streams to S3 in parts while it is written, with
+/// A file of ~143 MiB streams to S3 in parts while it is written, with
 /// less memory than the file's size. A part that keeps failing aborts the
 /// upload and stops the process; the restart commits once. A crash
 /// mid-upload leaves the upload for `sluice gc`, and the restart commits
@@ -518,13 +518,14 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
     let f = crate::support::fixture(1).await;
     let sample = reference_sample();
     let mut produced = support::produce_padded(&f.topic, &sample, 0..RECORDS, 100_000).await;
-    // One folder and no compression: one file of ~145 MiB per checkpoint,
-    // streamed in 5 MiB parts within a 32 MiB budget (the process's own
-    // ~60–70 MiB above the budget stay well below the file's size).
+    // One folder and no compression: a file of ~143 MiB that closes at its
+    // 1500th row (not at an interval or at the default 128 MiB, which a
+    // slow run could reach first), streamed in 5 MiB parts within a 32 MiB
+    // budget.
     let mut sink = f.sink_with(
-        "30s",
+        "10m",
         "[parquet]\ncompression = \"none\"\n[memory]\nmax_buffer_bytes = \"32MiB\"\n\
-         [files]\npath = \"{event}/all\"\n",
+         [files]\npath = \"{event}/all\"\nmax_rows = 1500\nmax_bytes = \"1GiB\"\n",
     );
     let config = sink.config.clone();
     let gc = |delete: bool| gc(&config, delete);
@@ -550,8 +551,10 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
     );
 
     // The restart reads from the last manifest and commits once; the
-    // streamed object is copied to its key and removed.
-    sink.start();
+    // streamed object is copied to its key and removed. It runs with the
+    // image's allocator settings, under which the process's own memory
+    // above the budget is stated (DESIGN.md), far below the file's size.
+    sink.start_with_env(&support::AS_DEPLOYED);
     sink.wait_committed(&[RECORDS as i64], Duration::from_secs(300));
     let peak = support::peak_rss(sink.pid().unwrap());
     eprintln!("peak RSS while streaming: {} MiB", peak >> 20);
@@ -569,6 +572,11 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
         "peak RSS {} MiB while writing a file of {} MiB",
         peak >> 20,
         first_file >> 20
+    );
+    assert!(
+        peak <= (32 << 20) + support::MARGIN,
+        "peak RSS {} MiB: more than the 32 MiB budget and the margin",
+        peak >> 20
     );
 
     // A crash after the second part of the next file: the upload stays
@@ -601,9 +609,9 @@ async fn streamed_uploads_fail_abort_and_commit_exactly_once() {
         .iter()
         .map(|f| f["size"].as_u64().unwrap())
         .collect();
-    // The first checkpoint after each start usually holds all of its
-    // records; a slow run may split the second.
-    assert!(sizes[0] >= 100 << 20, "{sizes:?}");
+    // One file per start, each of its 1500 rows.
+    assert_eq!(sizes.len(), 2, "{sizes:?}");
+    assert!(sizes.iter().all(|&size| size >= 140 << 20), "{sizes:?}");
     // Each announcement names the live copy's ETag, not the streamed
     // upload's.
     for file in read["files"].as_array().unwrap() {

@@ -17,17 +17,6 @@ const HOURS: u64 = 48;
 const RECORDS: u64 = 6000;
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 64 * MIB;
-/// What the process needs besides its budget: code, the async runtime,
-/// librdkafka's threads, the AWS SDK, memory the allocator keeps for reuse.
-/// DESIGN.md states it.
-const MARGIN: u64 = 64 * MIB;
-
-/// The allocator settings of the image (Dockerfile): freed memory goes back
-/// to the system at once, arenas are committed as they are used.
-const AS_DEPLOYED: [(&str, &str); 2] = [
-    ("MIMALLOC_PURGE_DELAY", "0"),
-    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-];
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -118,7 +107,7 @@ async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
         },
         &format!("[memory]\nmax_buffer_bytes = {BUDGET}\n"),
     );
-    sink.start_with_env(&AS_DEPLOYED);
+    sink.start_with_env(&support::AS_DEPLOYED);
     let mut ends = vec![0i64; PARTITIONS as usize];
     for (partition, offset) in produced.keys() {
         ends[*partition as usize] = ends[*partition as usize].max(offset + 1);
@@ -140,11 +129,11 @@ async fn many_partitions_folders_and_large_records_stay_within_the_budget() {
         peak / MIB
     );
     assert!(
-        peak <= BUDGET + MARGIN,
+        peak <= BUDGET + support::MARGIN,
         "peak RSS {} MiB over budget {} MiB + margin {} MiB",
         peak / MIB,
         BUDGET / MIB,
-        MARGIN / MIB
+        support::MARGIN / MIB
     );
     let early = metrics
         .iter()

@@ -241,6 +241,19 @@ pub const FAST_GROUP: &str = r#"
 "heartbeat.interval.ms" = "1000"
 "#;
 
+/// What a process needs besides its memory budget: code, the async runtime,
+/// librdkafka's threads, the AWS SDK, memory the allocator keeps for reuse
+/// (with [`AS_DEPLOYED`]). DESIGN.md states it.
+pub const MARGIN: u64 = 64 << 20;
+
+/// The allocator settings of the image (Dockerfile): freed memory goes back
+/// to the system at once, arenas are committed as they are used. Tests that
+/// measure memory run with them.
+pub const AS_DEPLOYED: [(&str, &str); 2] = [
+    ("MIMALLOC_PURGE_DELAY", "0"),
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+];
+
 impl Sink {
     pub fn new(spec: SinkSpec<'_>) -> Sink {
         Sink::with_extra(spec, "")
