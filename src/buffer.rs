@@ -31,9 +31,11 @@ const BATCH_BYTES: usize = 1024 * 1024;
 const ROW_OVERHEAD: usize = 64;
 
 /// Rows not yet encoded are counted this many times over: Arrow builders
-/// grow by doubling from empty after every batch, so they hold up to twice
-/// what the rows need (measured with `tests/allocations.rs`: 642 KiB held
-/// for 281 KiB counted once, three files of 333 rows).
+/// grow by doubling, so they hold up to twice what the rows need (measured
+/// with `tests/allocations.rs`: 642 KiB held for 281 KiB counted once,
+/// three files of 333 rows). A file whose last batch was full keeps room
+/// for the next one, counted as [`OpenFile::reserved`] until its rows
+/// count more.
 const UNENCODED_FACTOR: usize = 2;
 
 /// The path field's values, interned: open files are keyed by index, so a
@@ -289,6 +291,9 @@ struct OpenFile {
     columns: Vec<Column>,
     pending_rows: usize,
     pending_bytes: usize,
+    /// Bytes of room the builders kept after a full batch (the batch's
+    /// Arrow size), held whether or not rows fill it.
+    reserved: usize,
     writer: FileWriter,
     /// Memory the writer holds.
     encoded_bytes: usize,
@@ -460,13 +465,12 @@ impl Buffers {
         let payload_columns = self.plan.fields.len();
         self.decoder
             .decode(&self.plan, payload, &mut file.columns[..payload_columns])?;
+        let before = file.held_bytes();
         file.append_envelope(payload_columns, record);
-        let added = record.payload.len() + ROW_OVERHEAD;
-        file.pending_bytes += added;
-        self.buffered_bytes += added * UNENCODED_FACTOR;
+        file.pending_bytes += record.payload.len() + ROW_OVERHEAD;
         if file.pending_rows >= BATCH_ROWS || file.pending_bytes >= BATCH_BYTES {
-            let before = file.held_bytes();
-            file.encode_pending(&self.schema)?;
+            // A busy file: its builders keep their room for the next batch.
+            file.encode_pending(&self.schema, true)?;
             file.writer.bound_row_group(self.limits.row_group_bytes)?;
             file.full = file.writer.reached(self.limits.max_bytes)?;
             if let Some(min) = self.limits.part_bytes
@@ -487,8 +491,8 @@ impl Buffers {
                     bytes,
                 });
             }
-            self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         }
+        self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
             self.due.insert(record.partition);
         }
@@ -621,6 +625,7 @@ impl OpenFile {
                 .collect(),
             pending_rows: 0,
             pending_bytes: 0,
+            reserved: 0,
             writer: FileWriter::new(schema.clone(), properties)?,
             encoded_bytes: 0,
             full: false,
@@ -691,14 +696,26 @@ impl OpenFile {
     }
 
     fn held_bytes(&self) -> usize {
-        self.pending_bytes * UNENCODED_FACTOR + self.encoded_bytes
+        (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved) + self.encoded_bytes
     }
 
-    fn encode_pending(&mut self, schema: &SchemaRef) -> Result<(), WriteError> {
+    /// Encodes the pending rows into the writer's pages. With `keep`, the
+    /// builders keep room for as many rows (the file is busy); otherwise
+    /// they start over empty.
+    fn encode_pending(&mut self, schema: &SchemaRef, keep: bool) -> Result<(), WriteError> {
         if self.pending_rows == 0 {
             return Ok(());
         }
-        let arrays = self.columns.iter_mut().map(Column::finish).collect();
+        let arrays = if keep {
+            self.reserved = self.columns.iter().map(Column::buffered_bytes).sum();
+            self.columns
+                .iter_mut()
+                .map(Column::finish_keeping_capacity)
+                .collect()
+        } else {
+            self.reserved = 0;
+            self.columns.iter_mut().map(Column::finish).collect()
+        };
         let batch = RecordBatch::try_new(schema.clone(), arrays)
             .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
         self.writer.write(&batch)?;
@@ -715,7 +732,7 @@ impl OpenFile {
         route: u8,
         metadata: &[(&'static str, String)],
     ) -> Result<FinishedFile, WriteError> {
-        self.encode_pending(schema)?;
+        self.encode_pending(schema, false)?;
         let mut footer = metadata.to_vec();
         footer.push(("sluice.partition", partition.to_string()));
         footer.push(("sluice.first_offset", self.first_offset.to_string()));

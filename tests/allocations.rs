@@ -1,8 +1,9 @@
 //! The hot path's regression guard, without timing: heap allocations
 //! counted while the reference event runs envelope → decode → Arrow →
 //! Parquet (`allocation-counter` counts them, per thread). Per record,
-//! nothing may allocate (but builders doubling now and then); per batch of
-//! rows encoded into the file's pages, a bounded number per column.
+//! nothing may allocate: a busy file's builders keep their room from one
+//! batch to the next, so they rarely grow; per batch of rows encoded into
+//! the file's pages, a bounded number per column.
 //! A change that adds an allocation per record or per value fails here on
 //! any machine, however fast.
 
@@ -30,7 +31,9 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
     push(&mut buffers, &events, 0..warm);
 
     // Record by record: almost every push allocates nothing; the few that
-    // do are builders doubling their capacity.
+    // may are builders outgrowing the room of their previous batch (none
+    // on the reference event; 17 of 2048 when builders started every batch
+    // empty).
     let window = BATCH_ROWS / 4;
     let allocating = (warm..warm + window)
         .filter(|&i| {
@@ -39,7 +42,7 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
         .count();
     eprintln!("{allocating} of {window} records allocated");
     assert!(
-        allocating * 50 <= window,
+        allocating * 200 <= window,
         "{allocating} of {window} records allocated: the hot path allocates per record"
     );
     let warm = warm + window;
@@ -59,19 +62,27 @@ fn the_hot_path_allocates_per_batch_not_per_record() {
         per_record < 0.5,
         "the hot path allocates per record: {taken} allocations for {measured} records"
     );
+    // 22 on the reference event with builders keeping their room, 54 when
+    // they grew from empty every batch.
+    assert!(
+        per_batch_per_column < 32.0,
+        "{per_batch_per_column:.1} allocations per batch and column: builders no longer keep \
+         their room between batches?"
+    );
 }
 
 /// What the memory budget counts for open files against the heap they
 /// really hold (live bytes, counted by the allocator on this thread): files
-/// of a few rows, files just short of their first batch, files with many
-/// batches encoded. The budget must not count much less than is held, or
+/// of a few rows, files just short of their first batch, files a few
+/// hundred rows past it (mostly the room their builders kept), files with
+/// many batches encoded. The budget must not count much less than is held, or
 /// many partitions and hour folders take the process past it.
 #[test]
 fn the_budget_counts_what_open_files_hold() {
     let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
         .expect("reference event");
     // Three hour folders: three open files.
-    for records in [1_000, 3 * (BATCH_ROWS - 100), 60_000] {
+    for records in [1_000, 3 * (BATCH_ROWS - 100), 15_000, 60_000] {
         let events = Encoded::new(&reference.sample, records);
         let mut buffers = reference.buffers(&ParquetConfig::default());
         let held = allocation_counter::measure(|| push(&mut buffers, &events, 0..records))

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, DurationMicrosecondBuilder,
-    Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListArray, MapArray,
-    NullBufferBuilder, StringArray, StructArray, TimestampMicrosecondBuilder, UInt32Builder,
-    UInt64Builder,
+    Array, ArrayBuilder, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BinaryBuilder,
+    BooleanBuilder, DurationMicrosecondBuilder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, ListArray, MapArray, NullBufferBuilder, PrimitiveBuilder, StringArray,
+    StructArray, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, FieldRef, Fields, TimeUnit};
@@ -126,18 +126,39 @@ impl Column {
         }
     }
 
-    /// Builds the array of everything appended so far and starts over.
+    /// Builds the array of everything appended so far and starts over,
+    /// empty.
     pub fn finish(&mut self) -> ArrayRef {
+        self.take(false)
+    }
+
+    /// [`Column::finish`], leaving the builder with room for as many values
+    /// (and value bytes) as it just held, so the next batch of a busy file
+    /// fills it without growing it from empty. [`Column::buffered_bytes`]
+    /// before the call is what the room costs.
+    pub fn finish_keeping_capacity(&mut self) -> ArrayRef {
+        self.take(true)
+    }
+
+    fn take(&mut self, keep: bool) -> ArrayRef {
         match self {
-            Column::F64(b) => Arc::new(b.finish()),
-            Column::F32(b) => Arc::new(b.finish()),
-            Column::I32(b) => Arc::new(b.finish()),
-            Column::I64(b) => Arc::new(b.finish()),
-            Column::U32(b) => Arc::new(b.finish()),
-            Column::U64(b) => Arc::new(b.finish()),
-            Column::Bool(b) => Arc::new(b.finish()),
+            Column::F64(b) => take_primitive(b, keep),
+            Column::F32(b) => take_primitive(b, keep),
+            Column::I32(b) => take_primitive(b, keep),
+            Column::I64(b) => take_primitive(b, keep),
+            Column::U32(b) => take_primitive(b, keep),
+            Column::U64(b) => take_primitive(b, keep),
+            Column::Ts(b) => take_primitive(b, keep),
+            Column::Dur(b) => take_primitive(b, keep),
+            Column::Bool(b) => {
+                let array = b.finish();
+                if keep {
+                    *b = BooleanBuilder::with_capacity(array.len());
+                }
+                Arc::new(array)
+            }
             Column::Str(b) => {
-                let binary = b.finish();
+                let binary = take_binary(b, keep);
                 match StringArray::try_from_binary(binary.clone()) {
                     Ok(strings) => Arc::new(strings),
                     // Unreachable: every value was validated on the way in.
@@ -145,25 +166,22 @@ impl Column {
                     Err(_) => Arc::new(binary),
                 }
             }
-            Column::Bin(b) => Arc::new(b.finish()),
-            Column::Ts(b) => Arc::new(b.finish()),
-            Column::Dur(b) => Arc::new(b.finish()),
+            Column::Bin(b) => Arc::new(take_binary(b, keep)),
             Column::Struct(s) => {
                 let len = s.nulls.len();
-                let arrays = s.children.iter_mut().map(Column::finish).collect();
-                Arc::new(struct_array(
-                    s.fields.clone(),
-                    arrays,
-                    s.nulls.finish(),
-                    len,
-                ))
+                let arrays = s.children.iter_mut().map(|c| c.take(keep)).collect();
+                let nulls = s.nulls.finish();
+                if keep {
+                    s.nulls = NullBufferBuilder::new(len);
+                }
+                Arc::new(struct_array(s.fields.clone(), arrays, nulls, len))
             }
             Column::List(l) => {
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(
-                    &mut l.offsets,
-                    vec![0],
-                )));
-                let values = l.child.finish();
+                let mut next = Vec::with_capacity(if keep { l.offsets.len() } else { 1 });
+                next.push(0);
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(&mut l.offsets, next)));
+                let values = l.child.take(keep);
                 let map = match (l.map, values.as_struct_opt()) {
                     (true, Some(entries)) => MapArray::try_new(
                         l.field.clone(),
@@ -203,6 +221,26 @@ impl Column {
             Column::List(l) => l.offsets.len() * 4 + l.child.buffered_bytes(),
         }
     }
+}
+
+/// Finishes a primitive builder; with `keep`, leaves it with room for as
+/// many values (its data type, timezone included, carried over).
+fn take_primitive<T: ArrowPrimitiveType>(b: &mut PrimitiveBuilder<T>, keep: bool) -> ArrayRef {
+    let array = b.finish();
+    if keep {
+        *b = PrimitiveBuilder::with_capacity(array.len()).with_data_type(array.data_type().clone());
+    }
+    Arc::new(array)
+}
+
+/// Finishes a byte builder; with `keep`, leaves it with room for as many
+/// values and value bytes.
+fn take_binary(b: &mut BinaryBuilder, keep: bool) -> BinaryArray {
+    let array = b.finish();
+    if keep {
+        *b = BinaryBuilder::with_capacity(array.len(), array.values().len());
+    }
+    array
 }
 
 impl StructColumn {

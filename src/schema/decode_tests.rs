@@ -49,7 +49,11 @@ impl Fixture {
     }
 
     fn finish(&mut self) -> RecordBatch {
-        let arrays = self.columns.iter_mut().map(Column::finish).collect();
+        self.batch(Column::finish)
+    }
+
+    fn batch(&mut self, finish: fn(&mut Column) -> arrow::array::ArrayRef) -> RecordBatch {
+        let arrays = self.columns.iter_mut().map(finish).collect();
         let schema = Schema::new(self.plan.arrow_fields());
         RecordBatch::try_new(std::sync::Arc::new(schema), arrays).unwrap()
     }
@@ -514,4 +518,47 @@ fn proto2_fields_have_presence_and_required_fields_are_checked() {
         sink.decode(&outer.encode_to_vec()),
         Err(DecodeError::MissingRequired("id".into()))
     );
+}
+
+#[test]
+fn builders_keeping_their_room_build_the_same_batches() {
+    let mut kept = Fixture::new("sluice.testing.KitchenSink");
+    let mut fresh = Fixture::new("sluice.testing.KitchenSink");
+    let json = r#"{
+        "fDouble": 1.5, "fFloat": -2.5, "fInt32": -3, "fSint32": -4, "fSfixed32": 5,
+        "fInt64": "-6", "fSint64": "7", "fSfixed64": "-8", "fUint32": 9, "fFixed32": 10,
+        "fUint64": "11", "fFixed64": "12", "fBool": true, "fString": "héllo",
+        "fBytes": "AAEC", "fEnum": "COLOR_RED", "fEnumUnknown": 7,
+        "fMessage": {"x": 1, "y": -2, "label": "p"},
+        "fPacked": ["-1", "2"], "fUnpacked": [3, 4], "fStrings": ["a", "", "c"],
+        "fMessages": [{"x": 5}, {"label": "q"}], "fEnums": ["COLOR_GREEN", 9],
+        "fMap": {"k": "1", "l": "-2"}, "fMapMessages": {"3": {"y": 4}},
+        "fTimestamp": "2026-11-27T10:00:00.123456Z", "fDuration": "1.5s",
+        "wInt32": 1, "wInt64": "2", "wUint32": 3, "wUint64": "4", "wFloat": 5.5,
+        "wDouble": 6.5, "wBool": false, "wString": "w", "wBytes": "AQ==",
+        "fStruct": {"a": [1, "b", null]}, "fValue": 3, "fListValue": [true],
+        "fOptional": "0", "choicePoint": {"x": 6},
+        "fTree": {"name": "root", "children": [{"name": "mid", "children": [{"name": "leaf"}]}]},
+        "fLegacy": {"id": "5", "name": "n"}
+    }"#;
+    let descriptor = kept.registry.message("sluice.testing.KitchenSink").unwrap();
+    let full =
+        DynamicMessage::deserialize(descriptor, &mut serde_json::Deserializer::from_str(json))
+            .unwrap()
+            .encode_to_vec();
+    let mut text = kept.message("sluice.testing.KitchenSink");
+    set(&mut text, "choice_text", PValue::String("t".into()));
+    // Every column with values, with defaults and nulls, then a batch of
+    // another size: kept builders start each batch empty, with the same
+    // data types (timestamps keep their timezone).
+    let payloads = [full.clone(), Vec::new(), text.encode_to_vec(), full];
+    for rows in [4, 1, 7] {
+        for payload in payloads.iter().cycle().take(rows) {
+            kept.decode(payload).unwrap();
+            fresh.decode(payload).unwrap();
+        }
+        let (a, b) = (kept.batch(Column::finish_keeping_capacity), fresh.finish());
+        assert_eq!(a.num_rows(), rows);
+        assert_eq!(a, b);
+    }
 }
