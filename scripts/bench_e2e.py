@@ -203,6 +203,8 @@ def run_sluice(bin_dir, args, broker, moto, round_no):
     dt = s1["t"] - s0["t"]
     n = s1["committed"] - s0["committed"]
     m = s1["metrics"]
+    files = total(m, "sluice_files_committed_total") - total(s0["metrics"],
+                                                               "sluice_files_committed_total")
     return {
         "records": n, "seconds": dt,
         "consumed_per_s": (s1["consumed"] - s0["consumed"]) / dt,
@@ -215,6 +217,11 @@ def run_sluice(bin_dir, args, broker, moto, round_no):
         "ctx_switches_per_record": (s1["ctx"] - s0["ctx"]) / n,
         "broker_us_per_record": (s1["broker"] - s0["broker"]) * 1e6 / n,
         "moto_us_per_record": (s1["moto"] - s0["moto"]) * 1e6 / n,
+        # How big the files are, and how many checkpoints the memory
+        # budget (not the interval) started.
+        "files": files, "rows_per_file": n / files if files else None,
+        "memory_checkpoints": total(m, "sluice_memory_checkpoints_total")
+        - total(s0["metrics"], "sluice_memory_checkpoints_total"),
         "checkpoint_p50_s": quantile(m, "sluice_checkpoint_duration_seconds", 0.5),
         "checkpoint_p99_s": quantile(m, "sluice_checkpoint_duration_seconds", 0.99),
         "peak_rss_bytes": rss,
@@ -287,7 +294,9 @@ def main():
               + ", ".join(f"{k} {v:.2f}" for k, v in top)
               + f"; {s['faults_per_record']:.3f} faults/record, "
               f"{s['ctx_switches_per_record']:.3f} ctx switches/record; checkpoint p50 "
-              f"{s['checkpoint_p50_s']} s p99 {s['checkpoint_p99_s']} s; peak RSS "
+              f"{s['checkpoint_p50_s']} s p99 {s['checkpoint_p99_s']} s; {s['files']:.0f} "
+              f"files of {s['rows_per_file'] or 0:,.0f} rows, {s['memory_checkpoints']:.0f} "
+              f"checkpoints by memory; peak RSS "
               f"{s['peak_rss_bytes'] >> 20} MiB", flush=True)
         sluice.append(s)
     rate_b = statistics.median(b["records_per_s"] for b in bare)
