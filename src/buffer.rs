@@ -19,7 +19,7 @@ use crate::envelope::{Encoding, Envelope};
 use crate::layout;
 use crate::partitioning::Partitioning;
 use crate::schema::{Column, DecodeError, Decoder, MessagePlan, UTC};
-use crate::writer::{FileWriter, WriteError};
+use crate::writer::{CompressorMemory, FileWriter, PAGE_ROWS, WriteError};
 
 /// Rows per record batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
@@ -230,6 +230,25 @@ fn envelope_fields() -> [Field; 7] {
     ]
 }
 
+/// Parquet leaf columns under each column of `schema`: one for a scalar,
+/// those of its children for a struct, list or map.
+fn leaf_counts(schema: &SchemaRef) -> Vec<usize> {
+    fn leaves(data_type: &DataType) -> usize {
+        match data_type {
+            DataType::Struct(fields) => fields.iter().map(|f| leaves(f.data_type())).sum(),
+            DataType::List(field) | DataType::LargeList(field) | DataType::Map(field, _) => {
+                leaves(field.data_type())
+            }
+            _ => 1,
+        }
+    }
+    schema
+        .fields()
+        .iter()
+        .map(|f| leaves(f.data_type()))
+        .collect()
+}
+
 /// The payload's columns, then the envelope's.
 pub fn table_schema(plan: &MessagePlan) -> SchemaRef {
     let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
@@ -254,6 +273,10 @@ pub struct Buffers {
     /// Writer settings for files of `schema`, from `parquet`.
     properties: WriterProperties,
     parquet: ParquetConfig,
+    /// Parquet leaf columns under each of `schema`'s columns.
+    leaves: Vec<usize>,
+    /// What each leaf column's compressor holds once it closed a page.
+    compressors: CompressorMemory,
     decoder: Decoder,
     /// The payload message, for JSON payloads (converted to Protobuf first).
     descriptor: MessageDescriptor,
@@ -294,6 +317,14 @@ struct OpenFile {
     /// Bytes of room the builders kept after a full batch (the batch's
     /// Arrow size), held whether or not rows fill it.
     reserved: usize,
+    /// Arrow bytes per column encoded into the open row group: a column
+    /// past `data_page_bytes` has closed a page.
+    group_bytes: Vec<usize>,
+    /// Rows in the open row group after the last batch.
+    group_rows: usize,
+    /// What the compressors of the columns that closed a page in the open
+    /// row group hold ([`CompressorMemory`]).
+    compressors: usize,
     writer: FileWriter,
     /// Memory the writer holds.
     encoded_bytes: usize,
@@ -323,6 +354,8 @@ impl Buffers {
         Buffers {
             properties: crate::writer::properties(parquet, &schema, &UNIQUE_COLUMNS),
             parquet: parquet.clone(),
+            leaves: leaf_counts(&schema),
+            compressors: CompressorMemory::measure(parquet),
             schema,
             plan,
             decoder: Decoder::new(),
@@ -402,6 +435,7 @@ impl Buffers {
         self.rolled.extend(closed);
         self.buffered_bytes = self.rolled.iter().map(|f| f.body.held()).sum();
         self.schema = table_schema(&plan);
+        self.leaves = leaf_counts(&self.schema);
         // New columns get their own dictionary settings.
         self.properties = crate::writer::properties(&self.parquet, &self.schema, &UNIQUE_COLUMNS);
         self.plan = plan;
@@ -491,6 +525,11 @@ impl Buffers {
                     bytes,
                 });
             }
+            file.count_compressors(
+                &self.leaves,
+                &self.compressors,
+                self.parquet.data_page_bytes,
+            );
         }
         self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
@@ -626,6 +665,9 @@ impl OpenFile {
             pending_rows: 0,
             pending_bytes: 0,
             reserved: 0,
+            group_bytes: vec![0; schema.fields().len()],
+            group_rows: 0,
+            compressors: 0,
             writer: FileWriter::new(schema.clone(), properties)?,
             encoded_bytes: 0,
             full: false,
@@ -696,7 +738,34 @@ impl OpenFile {
     }
 
     fn held_bytes(&self) -> usize {
-        (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved) + self.encoded_bytes
+        (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved)
+            + self.encoded_bytes
+            + self.compressors
+    }
+
+    /// Counts the compressors of the columns that have closed a page in
+    /// the open row group: all of them once it holds [`PAGE_ROWS`] rows,
+    /// else those past `page_bytes` (Arrow bytes, at least the page's).
+    fn count_compressors(&mut self, leaves: &[usize], memory: &CompressorMemory, page_bytes: u64) {
+        let rows = self.writer.in_progress_rows();
+        if rows == 0 {
+            self.group_bytes.fill(0);
+        }
+        self.group_rows = rows;
+        let page_bytes = usize::try_from(page_bytes).unwrap_or(usize::MAX);
+        let paged = rows >= PAGE_ROWS;
+        // A page's share of the group's bytes: PAGE_ROWS of its rows.
+        let page_share = |bytes: usize| match rows {
+            0 => bytes,
+            rows => bytes / rows * rows.min(PAGE_ROWS),
+        };
+        self.compressors = self
+            .group_bytes
+            .iter()
+            .zip(leaves)
+            .filter(|&(&bytes, _)| paged || bytes >= page_bytes)
+            .map(|(&bytes, &leaves)| leaves * memory.after_page(page_share(bytes).min(page_bytes)))
+            .sum();
     }
 
     /// Encodes the pending rows into the writer's pages. With `keep`, the
@@ -706,8 +775,14 @@ impl OpenFile {
         if self.pending_rows == 0 {
             return Ok(());
         }
+        let mut batch_bytes = 0;
+        for (column, group) in self.columns.iter().zip(&mut self.group_bytes) {
+            let bytes = column.buffered_bytes();
+            *group += bytes;
+            batch_bytes += bytes;
+        }
         let arrays = if keep {
-            self.reserved = self.columns.iter().map(Column::buffered_bytes).sum();
+            self.reserved = batch_bytes;
             self.columns
                 .iter_mut()
                 .map(Column::finish_keeping_capacity)
@@ -719,6 +794,12 @@ impl OpenFile {
         let batch = RecordBatch::try_new(schema.clone(), arrays)
             .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
         self.writer.write(&batch)?;
+        if self.writer.in_progress_rows() < self.group_rows + self.pending_rows {
+            // A row group closed within the batch (at `row_group_rows`):
+            // the new one holds part of the batch at most, counted from the
+            // next batch on.
+            self.group_bytes.fill(0);
+        }
         self.pending_rows = 0;
         self.pending_bytes = 0;
         self.encoded_bytes = self.writer.memory_size();
@@ -826,6 +907,52 @@ mod tests {
     /// Streamed files hand out numbered parts while written; parts and
     /// tail make the whole file; a dropped partition's streams are
     /// abandoned.
+    #[test]
+    fn compressors_count_from_the_first_page_until_the_row_group_closes() {
+        let (buffers, sample) = buffers();
+        // Row groups of 25,000 rows: they close within a batch.
+        let parquet = ParquetConfig {
+            row_group_rows: 25_000,
+            ..ParquetConfig::default()
+        };
+        let mut buffers = Buffers::new(buffers.descriptor, buffers.plan, &parquet, vec![]);
+        let payloads: Vec<Vec<u8>> = (0..60_000).map(|i| sample.encode(i)).collect();
+        let mut seen = Vec::new();
+        for (offset, payload) in payloads.iter().enumerate() {
+            buffers.push(&record(0, offset as i64, payload)).unwrap();
+            let file = buffers.files.values().next().unwrap();
+            if seen
+                .last()
+                .is_none_or(|&(_, last)| last != file.compressors)
+            {
+                seen.push((file.writer.in_progress_rows(), file.compressors));
+            }
+        }
+        let leaves: usize = buffers.leaves.iter().sum();
+        let most = leaves * buffers.compressors.after_page(usize::MAX);
+        // None before the first page; more as columns close pages (at
+        // `data_page_bytes`, all at PAGE_ROWS); none once the row group
+        // closes, then again.
+        assert_eq!(seen[0], (0, 0), "{seen:?}");
+        assert!(seen.iter().all(|&(_, bytes)| bytes <= most), "{seen:?}");
+        assert!(
+            seen.iter()
+                .any(|&(rows, bytes)| rows >= PAGE_ROWS && bytes > 0),
+            "{seen:?}"
+        );
+        for pair in seen.windows(2) {
+            let ((rows, bytes), (next_rows, next_bytes)) = (pair[0], pair[1]);
+            if next_rows > rows {
+                assert!(next_bytes > bytes, "{seen:?}");
+            } else {
+                assert_eq!(next_bytes, 0, "a closed row group counts nothing: {seen:?}");
+            }
+        }
+        // Two row groups closed (at 25,000 and 50,000 rows).
+        let closed = seen.iter().skip(1).filter(|&&(_, bytes)| bytes == 0);
+        assert_eq!(closed.count(), 2, "{seen:?}");
+    }
+
     #[test]
     fn streamed_files_hand_out_parts_that_make_the_file() {
         let (buffers, sample) = buffers();

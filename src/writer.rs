@@ -26,6 +26,10 @@ const GZIP_LEVEL: u64 = 6;
 /// far below it.
 const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 
+/// A data page closes at this many rows (parquet-rs's default, set here so
+/// the memory estimate below can rely on it), or at `data_page_bytes`.
+pub const PAGE_ROWS: usize = 20_000;
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode Parquet: {0}")]
 pub struct WriteError(#[from] ParquetError);
@@ -68,6 +72,7 @@ pub fn properties(
             Statistics::Page => EnabledStatistics::Page,
         })
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_created_by(format!("sluice version {}", env!("CARGO_PKG_VERSION")));
     if config.dictionary == Dictionary::Auto
         && let Ok(leaves) = ArrowSchemaConverter::new().convert(schema)
@@ -89,6 +94,75 @@ pub fn properties(
     builder.build()
 }
 
+/// What a column's compressor holds, outside the writer's own accounting,
+/// from the column's first compressed page until its row group closes.
+/// parquet-rs gives each column writer its own zstd context, whose
+/// workspace (allocated in C) follows the level and the page's size: at
+/// level 1, ~120 KiB after an 8 KiB page, ~570 KiB after 160 KiB or more;
+/// at level 9, up to ~10 MiB. The other codecs keep nothing between pages
+/// worth counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressorMemory {
+    /// (page bytes up to, context bytes), by increasing page size.
+    steps: Vec<(usize, usize)>,
+}
+
+impl CompressorMemory {
+    /// Measured once with this build's zstd for the configured level and
+    /// pages of up to `data_page_bytes` (1 MiB at most: larger pages only
+    /// grow the context at high levels).
+    pub fn measure(config: &ParquetConfig) -> CompressorMemory {
+        let Codec::Zstd = config.compression else {
+            return CompressorMemory { steps: Vec::new() };
+        };
+        let level = i32::try_from(config.compression_level.unwrap_or(ZSTD_LEVEL)).unwrap_or(1);
+        let largest = usize::try_from(config.data_page_bytes)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20);
+        // Powers of two from 8 KiB, then the largest page.
+        let mut sizes: Vec<usize> = (13..20)
+            .map(|shift| 1 << shift)
+            .filter(|&size| size < largest)
+            .collect();
+        sizes.push(largest);
+        CompressorMemory {
+            steps: sizes
+                .into_iter()
+                .map(|size| (size, zstd_context_bytes(level, size)))
+                .collect(),
+        }
+    }
+
+    /// Bytes held by the compressor of a column whose page held `bytes`
+    /// before compression (a page closes at `data_page_bytes` at most).
+    pub fn after_page(&self, bytes: usize) -> usize {
+        self.steps
+            .iter()
+            .find(|&&(size, _)| bytes <= size)
+            .or(self.steps.last())
+            .map_or(0, |&(_, context)| context)
+    }
+}
+
+/// The size of a zstd compression context after compressing `input` bytes
+/// at `level`: its parameters, and so its workspace, follow both.
+fn zstd_context_bytes(level: i32, input: usize) -> usize {
+    use zstd::zstd_safe::{CCtx, CParameter, compress_bound};
+    let mut context = CCtx::create();
+    if context
+        .set_parameter(CParameter::CompressionLevel(level))
+        .is_err()
+    {
+        return 0;
+    }
+    let source = vec![0u8; input];
+    let mut compressed = vec![0u8; compress_bound(input)];
+    // Zeros compress fast at every level; the workspace depends on the
+    // parameters, not on the bytes.
+    let _ = context.compress2(&mut compressed[..], &source);
+    context.sizeof()
+}
+
 /// One Parquet file being written into memory.
 #[derive(Debug)]
 pub struct FileWriter {
@@ -104,6 +178,11 @@ impl FileWriter {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         Ok(self.inner.write(batch)?)
+    }
+
+    /// Rows in the open row group (0 once it closed).
+    pub fn in_progress_rows(&self) -> usize {
+        self.inner.in_progress_rows()
     }
 
     /// Bytes held: encoded row groups not yet taken plus the open row
@@ -162,6 +241,27 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+
+    #[test]
+    fn compressor_memory_follows_codec_level_and_page_size() {
+        let zstd = |level| {
+            CompressorMemory::measure(&ParquetConfig {
+                compression_level: Some(level),
+                ..ParquetConfig::default()
+            })
+        };
+        let (one, nine) = (zstd(1), zstd(9));
+        // Level 1 after a full page: ~570 KiB with zstd 1.5.
+        let full = one.after_page(usize::MAX);
+        assert!((256 << 10..2 << 20).contains(&full), "{full}");
+        assert!(one.after_page(8 << 10) < full);
+        assert!(nine.after_page(1 << 20) > full);
+        let none = CompressorMemory::measure(&ParquetConfig {
+            compression: Codec::Snappy,
+            ..ParquetConfig::default()
+        });
+        assert_eq!(none.after_page(1 << 20), 0);
+    }
 
     /// A file handed out in stretches while written reads back whole.
     #[test]
