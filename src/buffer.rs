@@ -507,24 +507,12 @@ impl Buffers {
             file.encode_pending(&self.schema, true)?;
             file.writer.bound_row_group(self.limits.row_group_bytes)?;
             file.full = file.writer.reached(self.limits.max_bytes)?;
-            if let Some(min) = self.limits.part_bytes
-                && let Some(bytes) = file.writer.take_encoded(min)
-            {
-                let stream = *file.stream.get_or_insert_with(|| {
-                    let stream = self.next_stream;
-                    self.next_stream += self.stream_step;
-                    stream
-                });
-                file.parts += 1;
-                file.streamed += bytes.len() as u64;
-                file.encoded_bytes = file.writer.memory_size();
-                self.parts.push(Part {
-                    stream,
-                    partition: record.partition,
-                    number: file.parts,
-                    bytes,
-                });
-            }
+            file.take_part(
+                record.partition,
+                self.limits.part_bytes,
+                (&mut self.next_stream, self.stream_step),
+                &mut self.parts,
+            );
             file.count_compressors(
                 &self.leaves,
                 &self.compressors,
@@ -534,6 +522,46 @@ impl Buffers {
         self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
             self.due.insert(record.partition);
+        }
+        Ok(())
+    }
+
+    /// Closes the open row groups of the files holding the most in them
+    /// (1 MiB or more) until open files hold `target` bytes or less: their
+    /// pages are compressed and their compressors freed, and the files stay
+    /// open, so memory pressure need not end them. Files of a few rows are
+    /// left to sealing, not cut into tiny row groups.
+    pub fn compact(&mut self, target: usize) -> Result<(), WriteError> {
+        const MIN_ROW_GROUP: usize = 1 << 20;
+        let mut largest: Vec<(usize, FileKey)> = self
+            .files
+            .iter()
+            .map(|(key, file)| (file.writer.open_row_group_bytes() + file.compressors, *key))
+            .filter(|&(bytes, _)| bytes >= MIN_ROW_GROUP)
+            .collect();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, key) in largest {
+            if self.buffered_bytes <= target {
+                break;
+            }
+            let Some(file) = self.files.get_mut(&key) else {
+                continue;
+            };
+            let before = file.held_bytes();
+            file.writer.close_row_group()?;
+            file.encoded_bytes = file.writer.memory_size();
+            file.take_part(
+                key.0,
+                self.limits.part_bytes,
+                (&mut self.next_stream, self.stream_step),
+                &mut self.parts,
+            );
+            file.count_compressors(
+                &self.leaves,
+                &self.compressors,
+                self.parquet.data_page_bytes,
+            );
+            self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         }
         Ok(())
     }
@@ -741,6 +769,36 @@ impl OpenFile {
         (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved)
             + self.encoded_bytes
             + self.compressors
+    }
+
+    /// A streamed file's encoded bytes as its next [`Part`], once there are
+    /// `min` of them; its stream is numbered from `streams` (next, step) on
+    /// its first part.
+    fn take_part(
+        &mut self,
+        partition: i32,
+        min: Option<usize>,
+        streams: (&mut u64, u64),
+        parts: &mut Vec<Part>,
+    ) {
+        let Some(bytes) = min.and_then(|min| self.writer.take_encoded(min)) else {
+            return;
+        };
+        let (next, step) = streams;
+        let stream = *self.stream.get_or_insert_with(|| {
+            let stream = *next;
+            *next += step;
+            stream
+        });
+        self.parts += 1;
+        self.streamed += bytes.len() as u64;
+        self.encoded_bytes = self.writer.memory_size();
+        parts.push(Part {
+            stream,
+            partition,
+            number: self.parts,
+            bytes,
+        });
     }
 
     /// Counts the compressors of the columns that have closed a page in
@@ -951,6 +1009,50 @@ mod tests {
         // Two row groups closed (at 25,000 and 50,000 rows).
         let closed = seen.iter().skip(1).filter(|&&(_, bytes)| bytes == 0);
         assert_eq!(closed.count(), 2, "{seen:?}");
+    }
+
+    #[test]
+    fn compacting_closes_row_groups_and_keeps_files_open() {
+        let (mut buffers, sample) = buffers();
+        let payloads: Vec<Vec<u8>> = (0..30_000).map(|i| sample.encode(i)).collect();
+        // Three partitions; the third's file stays under 1 MiB.
+        for (offset, payload) in payloads.iter().enumerate() {
+            buffers.push(&record(0, offset as i64, payload)).unwrap();
+            buffers.push(&record(1, offset as i64, payload)).unwrap();
+            if offset < 100 {
+                buffers.push(&record(2, offset as i64, payload)).unwrap();
+            }
+        }
+        let held = buffers.buffered_bytes();
+        let before = buffers.bytes_by_partition();
+        buffers.compact(0).unwrap();
+        let after = buffers.bytes_by_partition();
+        // The two large files shrank to their compressed pages (and their
+        // compressors went); the small one was left as it was.
+        assert!(buffers.buffered_bytes() < held / 2, "{before:?} {after:?}");
+        assert!(after[&0] < before[&0] / 2, "{before:?} {after:?}");
+        assert_eq!(after[&2], before[&2]);
+        assert_eq!(buffers.buffered_bytes(), after.values().sum::<usize>());
+        assert!(buffers.files.values().all(|f| f.compressors == 0));
+        // More rows go on into the same files.
+        for (offset, payload) in payloads.iter().enumerate().take(10_000) {
+            buffers
+                .push(&record(0, (30_000 + offset) as i64, payload))
+                .unwrap();
+        }
+        let files = buffers.finish_all().unwrap();
+        assert_eq!(files.len(), 3);
+        let Body::Whole(bytes) = &files[0].body else {
+            panic!("not whole");
+        };
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(bytes.clone()),
+        )
+        .unwrap();
+        assert!(reader.metadata().num_row_groups() >= 2);
+        let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 40_000);
+        assert_eq!((files[0].first_offset, files[0].last_offset), (0, 39_999));
     }
 
     #[test]

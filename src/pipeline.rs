@@ -576,7 +576,7 @@ impl Worker {
                     sealed_all = true;
                 }
             }
-            if !sealed_all && let Some(partitions) = self.due_early() {
+            if !sealed_all && let Some(partitions) = self.due_early()? {
                 self.seal(consumer, Some(&partitions))?;
             }
             self.hold_while_full(consumer)?;
@@ -677,16 +677,25 @@ impl Worker {
     }
 
     /// Partitions to seal before the interval is up: those with a full
-    /// file, and — when open files pass half the files' share — the
-    /// partitions holding the most, until a quarter of it would be left.
+    /// file, and — when open files pass half the files' share and closing
+    /// the open row groups of the largest ([`Buffers::compact`]) did not
+    /// bring them under it — the partitions holding the most, until a
+    /// quarter of it would be left.
     /// Closing a file needs about as much again as it holds (its columns
     /// are encoded next to the pages), hence half. What is sealed counts
     /// until it is uploaded ([`Worker::hold_while_full`]).
-    fn due_early(&mut self) -> Option<BTreeSet<i32>> {
+    fn due_early(&mut self) -> Result<Option<BTreeSet<i32>>, RunError> {
         let mut due = self.buffers.take_due();
         // Only what is still open: sealed bytes are on their way out, and
         // sealing again would only cut smaller files.
-        let held = self.open_bytes();
+        let mut held = self.open_bytes();
+        if held >= self.share / 2 {
+            // First the open row groups of the largest files close: their
+            // pages shrink to their compressed size and their compressors
+            // go, and the files stay open.
+            self.buffers.compact(self.share / 4)?;
+            held = self.open_bytes();
+        }
         if held >= self.share / 2 {
             let mut by_partition = self.buffers.bytes_by_partition();
             for (partition, bytes) in self.dead_letters.bytes_by_partition() {
@@ -711,7 +720,7 @@ impl Worker {
             }
             self.telemetry.memory_pressure(held, due.len());
         }
-        (!due.is_empty()).then_some(due)
+        Ok((!due.is_empty()).then_some(due))
     }
 
     /// Acts on partitions the router gave or took since the last look.

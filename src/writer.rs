@@ -181,6 +181,17 @@ impl FileWriter {
         Ok(self.inner.write(batch)?)
     }
 
+    /// Closes the open row group: its pages are compressed into the file
+    /// and its column writers, compressors included, dropped.
+    pub fn close_row_group(&mut self) -> Result<(), WriteError> {
+        Ok(self.inner.flush()?)
+    }
+
+    /// Bytes the open row group holds (pages, encoders, dictionaries).
+    pub fn open_row_group_bytes(&self) -> usize {
+        self.inner.memory_size()
+    }
+
     /// Rows in the open row group (0 once it closed).
     pub fn in_progress_rows(&self) -> usize {
         self.inner.in_progress_rows()
