@@ -488,7 +488,7 @@ impl Buffers {
             0
         };
         let key = (record.partition, bucket, value, record.route);
-        let file = match self.files.entry(key) {
+        let mut file = match self.files.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(OpenFile::new(
                 &self.schema,
@@ -507,17 +507,8 @@ impl Buffers {
             file.encode_pending(&self.schema, true)?;
             file.writer.bound_row_group(self.limits.row_group_bytes)?;
             file.full = file.writer.reached(self.limits.max_bytes)?;
-            file.take_part(
-                record.partition,
-                self.limits.part_bytes,
-                (&mut self.next_stream, self.stream_step),
-                &mut self.parts,
-            );
-            file.count_compressors(
-                &self.leaves,
-                &self.compressors,
-                self.parquet.data_page_bytes,
-            );
+            self.after_encoding(key);
+            file = self.files.get_mut(&key).expect("the file just written");
         }
         self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
         if self.limits.max_rows.is_some_and(|max| file.rows >= max) || file.full {
@@ -550,20 +541,32 @@ impl Buffers {
             let before = file.held_bytes();
             file.writer.close_row_group()?;
             file.encoded_bytes = file.writer.memory_size();
-            file.take_part(
-                key.0,
-                self.limits.part_bytes,
-                (&mut self.next_stream, self.stream_step),
-                &mut self.parts,
-            );
-            file.count_compressors(
-                &self.leaves,
-                &self.compressors,
-                self.parquet.data_page_bytes,
-            );
-            self.buffered_bytes = self.buffered_bytes - before + file.held_bytes();
+            self.after_encoding(key);
+            self.buffered_bytes = self.buffered_bytes - before + self.files[&key].held_bytes();
         }
         Ok(())
+    }
+
+    /// After rows were encoded into file `key` or its row group closed:
+    /// hands out its next part if streamed, and counts its compressors
+    /// again.
+    fn after_encoding(&mut self, key: FileKey) {
+        let Buffers {
+            files,
+            limits,
+            next_stream,
+            stream_step,
+            parts,
+            leaves,
+            compressors,
+            parquet,
+            ..
+        } = self;
+        let Some(file) = files.get_mut(&key) else {
+            return;
+        };
+        file.take_part(key.0, limits.part_bytes, (next_stream, *stream_step), parts);
+        file.count_compressors(leaves, compressors, parquet.data_page_bytes);
     }
 
     /// Stretches of streamed files handed out since the last call, in the
