@@ -320,11 +320,9 @@ struct OpenFile {
     /// Arrow bytes per column encoded into the open row group: a column
     /// past `data_page_bytes` has closed a page.
     group_bytes: Vec<usize>,
-    /// Rows in the open row group after the last batch.
-    group_rows: usize,
     /// What the compressors of the columns that closed a page in the open
     /// row group hold ([`CompressorMemory`]).
-    compressors: usize,
+    compressor_bytes: usize,
     writer: FileWriter,
     /// Memory the writer holds.
     encoded_bytes: usize,
@@ -527,7 +525,12 @@ impl Buffers {
         let mut largest: Vec<(usize, FileKey)> = self
             .files
             .iter()
-            .map(|(key, file)| (file.writer.open_row_group_bytes() + file.compressors, *key))
+            .map(|(key, file)| {
+                (
+                    file.writer.open_row_group_bytes() + file.compressor_bytes,
+                    *key,
+                )
+            })
             .filter(|&(bytes, _)| bytes >= MIN_ROW_GROUP)
             .collect();
         largest.sort_unstable_by(|a, b| b.cmp(a));
@@ -697,8 +700,7 @@ impl OpenFile {
             pending_bytes: 0,
             reserved: 0,
             group_bytes: vec![0; schema.fields().len()],
-            group_rows: 0,
-            compressors: 0,
+            compressor_bytes: 0,
             writer: FileWriter::new(schema.clone(), properties)?,
             encoded_bytes: 0,
             full: false,
@@ -771,7 +773,7 @@ impl OpenFile {
     fn held_bytes(&self) -> usize {
         (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved)
             + self.encoded_bytes
-            + self.compressors
+            + self.compressor_bytes
     }
 
     /// A streamed file's encoded bytes as its next [`Part`], once there are
@@ -812,7 +814,6 @@ impl OpenFile {
         if rows == 0 {
             self.group_bytes.fill(0);
         }
-        self.group_rows = rows;
         let page_bytes = usize::try_from(page_bytes).unwrap_or(usize::MAX);
         let paged = rows >= PAGE_ROWS;
         // A page's share of the group's bytes: PAGE_ROWS of its rows.
@@ -820,7 +821,7 @@ impl OpenFile {
             0 => bytes,
             rows => bytes / rows * rows.min(PAGE_ROWS),
         };
-        self.compressors = self
+        self.compressor_bytes = self
             .group_bytes
             .iter()
             .zip(leaves)
@@ -854,8 +855,9 @@ impl OpenFile {
         };
         let batch = RecordBatch::try_new(schema.clone(), arrays)
             .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
+        let rows_before = self.writer.in_progress_rows();
         self.writer.write(&batch)?;
-        if self.writer.in_progress_rows() < self.group_rows + self.pending_rows {
+        if self.writer.in_progress_rows() < rows_before + self.pending_rows {
             // A row group closed within the batch (at `row_group_rows`):
             // the new one holds part of the batch at most, counted from the
             // next batch on.
@@ -965,9 +967,6 @@ mod tests {
         );
     }
 
-    /// Streamed files hand out numbered parts while written; parts and
-    /// tail make the whole file; a dropped partition's streams are
-    /// abandoned.
     #[test]
     fn compressors_count_from_the_first_page_until_the_row_group_closes() {
         let (buffers, sample) = buffers();
@@ -984,9 +983,9 @@ mod tests {
             let file = buffers.files.values().next().unwrap();
             if seen
                 .last()
-                .is_none_or(|&(_, last)| last != file.compressors)
+                .is_none_or(|&(_, last)| last != file.compressor_bytes)
             {
-                seen.push((file.writer.in_progress_rows(), file.compressors));
+                seen.push((file.writer.in_progress_rows(), file.compressor_bytes));
             }
         }
         let leaves: usize = buffers.leaves.iter().sum();
@@ -1036,7 +1035,7 @@ mod tests {
         assert!(after[&0] < before[&0] / 2, "{before:?} {after:?}");
         assert_eq!(after[&2], before[&2]);
         assert_eq!(buffers.buffered_bytes(), after.values().sum::<usize>());
-        assert!(buffers.files.values().all(|f| f.compressors == 0));
+        assert!(buffers.files.values().all(|f| f.compressor_bytes == 0));
         // More rows go on into the same files.
         for (offset, payload) in payloads.iter().enumerate().take(10_000) {
             buffers
@@ -1058,6 +1057,9 @@ mod tests {
         assert_eq!((files[0].first_offset, files[0].last_offset), (0, 39_999));
     }
 
+    /// Streamed files hand out numbered parts while written; parts and
+    /// tail make the whole file; a dropped partition's streams are
+    /// abandoned.
     #[test]
     fn streamed_files_hand_out_parts_that_make_the_file() {
         let (buffers, sample) = buffers();

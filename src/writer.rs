@@ -220,7 +220,7 @@ impl FileWriter {
     /// whatever `row_group_rows` says.
     pub fn bound_row_group(&mut self, max: usize) -> Result<(), WriteError> {
         if self.inner.in_progress_size() >= max {
-            self.inner.flush()?;
+            self.close_row_group()?;
         }
         Ok(())
     }
