@@ -310,6 +310,57 @@ fn reference_event_decodes() {
     );
 }
 
+/// Fields in field order, each once, are appended in one walk; shuffled,
+/// or with a field twice, they take the general path. Both read the same.
+#[test]
+fn fields_in_any_order_decode_alike() {
+    let mut f = Fixture::new("sluice.examples.OrderPlaced");
+    let descriptor = f.registry.message("sluice.examples.OrderPlaced").unwrap();
+    let sample = crate::sample::OrderSample::new(&descriptor).unwrap();
+    let message = DynamicMessage::decode(descriptor.clone(), sample.encode(3).as_slice()).unwrap();
+    // One encoded piece per field that is set: any concatenation of them
+    // encodes the same message.
+    let pieces: Vec<Vec<u8>> = message
+        .fields()
+        .map(|(field, value)| {
+            let mut one = DynamicMessage::new(descriptor.clone());
+            one.set_field(&field, value.clone());
+            one.encode_to_vec()
+        })
+        .collect();
+    assert!(pieces.len() > 10);
+    let in_order = pieces.concat();
+    let reversed: Vec<u8> = pieces.iter().rev().flatten().copied().collect();
+    // order_id twice: a stale value first, the real one later.
+    let mut stale = DynamicMessage::new(descriptor.clone());
+    stale.set_field_by_name("order_id", PValue::String("stale".into()));
+    let twice = [stale.encode_to_vec(), in_order.clone()].concat();
+
+    let walks = |bytes: &[u8]| {
+        let mut scratch = Scratch::default();
+        parse(&f.plan, bytes, 0, bytes.len(), &mut scratch, 0).unwrap()
+    };
+    assert!(walks(&in_order));
+    assert!(!walks(&reversed));
+    assert!(!walks(&twice));
+
+    for bytes in [&in_order, &reversed, &twice] {
+        f.decode(bytes).unwrap();
+    }
+    let b = f.finish();
+    assert_eq!(b.num_rows(), 3);
+    assert_eq!(
+        b.column_by_name("order_id")
+            .unwrap()
+            .as_string::<i32>()
+            .value(2),
+        "order-00000003"
+    );
+    for row in 1..3 {
+        assert_eq!(b.slice(row, 1), b.slice(0, 1), "row {row}");
+    }
+}
+
 #[test]
 fn well_known_types_map_to_nullable_scalars_durations_and_json() {
     let mut f = Fixture::new("sluice.testing.WellKnown");

@@ -22,8 +22,20 @@ pub struct MessagePlan {
     pub(crate) fields: Vec<FieldPlan>,
     /// Indices of proto2 `required` fields (nearly always empty).
     pub(crate) required: Vec<u32>,
-    dense: Vec<u16>,
-    sparse: HashMap<u32, u16>,
+    /// Whether any field is `repeated` (a list or a map).
+    pub(crate) has_repeated: bool,
+    /// By field number: see [`Known`].
+    dense: Vec<Known>,
+    sparse: HashMap<u32, Known>,
+}
+
+/// A field number the schema knows: its field's index + 1 (0 in `dense`
+/// for numbers it does not know) and the wire type of one of its values,
+/// side by side so that a tag is checked with one load.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    index: u16,
+    wire: WireType,
 }
 
 #[derive(Debug)]
@@ -141,7 +153,13 @@ impl MessagePlan {
         }
         b.ancestors.push(message.full_name().to_owned());
         let mut fields = Vec::new();
-        let mut dense = vec![0u16; DENSE_LIMIT as usize];
+        let mut dense = vec![
+            Known {
+                index: 0,
+                wire: WireType::Varint,
+            };
+            DENSE_LIMIT as usize
+        ];
         let mut sparse = HashMap::new();
         let mut required = Vec::new();
         for field in message.fields() {
@@ -151,15 +169,21 @@ impl MessagePlan {
             if field.cardinality() == Cardinality::Required {
                 required.push(u32::from(index - 1));
             }
+            let plan = FieldPlan::build(&field, b)?;
+            let known = Known {
+                index,
+                wire: plan.wire,
+            };
             if field.number() < DENSE_LIMIT {
-                dense[field.number() as usize] = index;
+                dense[field.number() as usize] = known;
             } else {
-                sparse.insert(field.number(), index);
+                sparse.insert(field.number(), known);
             }
-            fields.push(FieldPlan::build(&field, b)?);
+            fields.push(plan);
         }
         b.ancestors.pop();
         Ok(MessagePlan {
+            has_repeated: fields.iter().any(|f| f.repeated),
             fields,
             required,
             dense,
@@ -167,15 +191,16 @@ impl MessagePlan {
         })
     }
 
-    /// The index of the field with this number, if the schema knows it.
+    /// The index of the field with this number, if the schema knows it,
+    /// and the wire type of one of its values.
     #[inline]
-    pub(crate) fn find(&self, number: u32) -> Option<usize> {
-        let index = if number < DENSE_LIMIT {
+    pub(crate) fn find(&self, number: u32) -> Option<(usize, WireType)> {
+        let known = if number < DENSE_LIMIT {
             self.dense[number as usize]
         } else {
             *self.sparse.get(&number)?
         };
-        (index != 0).then(|| index as usize - 1)
+        (known.index != 0).then(|| (known.index as usize - 1, known.wire))
     }
 
     /// The Arrow fields of this message's columns, in field order.
