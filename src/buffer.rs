@@ -519,8 +519,9 @@ impl Buffers {
     /// (1 MiB or more) until open files hold `target` bytes or less: their
     /// pages are compressed and their compressors freed, and the files stay
     /// open, so memory pressure need not end them. Files of a few rows are
-    /// left to sealing, not cut into tiny row groups.
-    pub fn compact(&mut self, target: usize) -> Result<(), WriteError> {
+    /// left to sealing, not cut into tiny row groups. Returns how many row
+    /// groups it closed.
+    pub fn compact(&mut self, target: usize) -> Result<usize, WriteError> {
         const MIN_ROW_GROUP: usize = 1 << 20;
         let mut largest: Vec<(usize, FileKey)> = self
             .files
@@ -534,6 +535,7 @@ impl Buffers {
             .filter(|&(bytes, _)| bytes >= MIN_ROW_GROUP)
             .collect();
         largest.sort_unstable_by(|a, b| b.cmp(a));
+        let mut closed = 0;
         for (_, key) in largest {
             if self.buffered_bytes <= target {
                 break;
@@ -543,11 +545,12 @@ impl Buffers {
             };
             let before = file.held_bytes();
             file.writer.close_row_group()?;
+            closed += 1;
             file.encoded_bytes = file.writer.memory_size();
             self.after_encoding(key);
             self.buffered_bytes = self.buffered_bytes - before + self.files[&key].held_bytes();
         }
-        Ok(())
+        Ok(closed)
     }
 
     /// After rows were encoded into file `key` or its row group closed:
@@ -1027,7 +1030,11 @@ mod tests {
         }
         let held = buffers.buffered_bytes();
         let before = buffers.bytes_by_partition();
-        buffers.compact(0).unwrap();
+        assert_eq!(
+            buffers.compact(0).unwrap(),
+            2,
+            "the two large files' row groups"
+        );
         let after = buffers.bytes_by_partition();
         // The two large files shrank to their compressed pages (and their
         // compressors went); the small one was left as it was.

@@ -693,7 +693,8 @@ impl Worker {
             // First the open row groups of the largest files close: their
             // pages shrink to their compressed size and their compressors
             // go, and the files stay open.
-            self.buffers.compact(self.share / 4)?;
+            let closed = self.buffers.compact(self.share / 4)?;
+            self.telemetry.row_groups_closed_early(closed);
             held = self.open_bytes();
         }
         if held >= self.share / 2 {

@@ -27,6 +27,7 @@ pub struct Telemetry {
     budget: Gauge,
     schema_id: Gauge,
     early_checkpoints: Counter,
+    early_row_groups: Counter,
     checkpoint_seconds: Histogram,
     upload_seconds: Histogram,
     commit_latency: Histogram,
@@ -51,6 +52,7 @@ impl Telemetry {
             budget: gauge!("sluice_memory_budget_bytes", &label),
             schema_id: gauge!("sluice_schema_id", &label),
             early_checkpoints: counter!("sluice_memory_checkpoints_total", &label),
+            early_row_groups: counter!("sluice_memory_row_groups_total", &label),
             checkpoint_seconds: histogram!("sluice_checkpoint_duration_seconds", &label),
             upload_seconds: histogram!("sluice_upload_duration_seconds", &label),
             commit_latency: histogram!("sluice_commit_latency_seconds", &label),
@@ -124,6 +126,12 @@ impl Telemetry {
             partitions, "memory budget nearly reached: checkpointing the largest partitions early"
         );
         self.early_checkpoints.increment(1);
+    }
+
+    /// Row groups closed because open files passed half their memory
+    /// share ([`crate::buffer::Buffers::compact`]); the files stay open.
+    pub fn row_groups_closed_early(&self, row_groups: usize) {
+        self.early_row_groups.increment(row_groups as u64);
     }
 
     /// What the buffers hold: bytes (as the budget counts them) and rows

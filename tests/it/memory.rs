@@ -217,3 +217,50 @@ async fn a_record_too_large_for_the_budget_is_a_dead_letter() {
         2 * support::padded_event(&sample, 2, 200_000).len()
     );
 }
+
+/// Near the bound, the open row groups of the files holding the most close
+/// first: their pages shrink to their compressed size, their compressors
+/// go, and the files stay open — so files end made of several row groups,
+/// and nothing is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_closes_row_groups_and_keeps_files_open() {
+    const PARTITIONS: i32 = 4;
+    const RECORDS: u64 = 120_000;
+    let f = support::fixture(PARTITIONS).await;
+    let produced = f.produce(0..RECORDS).await;
+    // Events over three hours: each partition writes three files at once.
+    // At 64 MiB a worker's open files may hold 12 MiB (half its share of
+    // three quarters): six open row groups at ~330 bytes a row while their
+    // pages are not compressed pass that after ~40,000 rows, long before
+    // one of them reaches the 6 MiB at which a row group closes anyway.
+    let mut sink = f.sink_with("5s", "[memory]\nmax_buffer_bytes = \"64MiB\"\n");
+    sink.start();
+    sink.wait_committed(
+        &support::ends(&produced, PARTITIONS),
+        Duration::from_secs(300),
+    );
+    let metrics = sink.metrics();
+    assert!(sink.stop().success(), "{}", sink.logs());
+    let closed = support::metric(&metrics, "sluice_memory_row_groups_total", &[]);
+    assert!(
+        closed >= 1.0,
+        "no row group closed early: {metrics:?}\n{}",
+        sink.logs()
+    );
+
+    let read = support::read_back_committed(&f.storage, Some(&f.queue));
+    support::check_exactly_once(&read, &produced, &reference_sample());
+    support::check_published_and_announced(&read);
+    // Each early close is a row group inside a file that went on, besides
+    // each file's last (and any that reached 6 MiB).
+    let files = read["files"].as_array().unwrap();
+    let row_groups: Vec<u64> = files
+        .iter()
+        .map(|f| f["row_groups"].as_u64().unwrap())
+        .collect();
+    println!("{closed} row groups closed early; row groups per file: {row_groups:?}");
+    assert!(
+        row_groups.iter().sum::<u64>() as f64 >= closed + files.len() as f64,
+        "{closed} closed early; row groups per file: {row_groups:?}"
+    );
+}

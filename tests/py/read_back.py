@@ -100,12 +100,14 @@ def main():
             out["orphans"].append(key)
             continue
         table = pq.read_table(io.BytesIO(body))
-        meta = pq.ParquetFile(io.BytesIO(body)).metadata.metadata or {}
+        file_meta = pq.ParquetFile(io.BytesIO(body)).metadata
+        meta = file_meta.metadata or {}
         out["files"].append({
             "key": key,
             "size": len(body),
             "e_tag": e_tag,
             "rows": table.num_rows,
+            "row_groups": file_meta.num_row_groups,
             "metadata": {k.decode(): v.decode() for k, v in meta.items()
                          if k.decode().startswith("sluice.")},
             "columns": table.column_names,
