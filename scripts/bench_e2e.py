@@ -220,8 +220,13 @@ def run_sluice(bin_dir, args, broker, moto, round_no):
         # How big the files are, and how many checkpoints the memory
         # budget (not the interval) started.
         "files": files, "rows_per_file": n / files if files else None,
+        "bytes_per_row": (total(m, "sluice_bytes_committed_total")
+                          - total(s0["metrics"], "sluice_bytes_committed_total")) / n,
         "memory_checkpoints": total(m, "sluice_memory_checkpoints_total")
         - total(s0["metrics"], "sluice_memory_checkpoints_total"),
+        # Row groups closed early, in files that stayed open.
+        "memory_row_groups": total(m, "sluice_memory_row_groups_total")
+        - total(s0["metrics"], "sluice_memory_row_groups_total"),
         "checkpoint_p50_s": quantile(m, "sluice_checkpoint_duration_seconds", 0.5),
         "checkpoint_p99_s": quantile(m, "sluice_checkpoint_duration_seconds", 0.99),
         "peak_rss_bytes": rss,
@@ -295,8 +300,9 @@ def main():
               + f"; {s['faults_per_record']:.3f} faults/record, "
               f"{s['ctx_switches_per_record']:.3f} ctx switches/record; checkpoint p50 "
               f"{s['checkpoint_p50_s']} s p99 {s['checkpoint_p99_s']} s; {s['files']:.0f} "
-              f"files of {s['rows_per_file'] or 0:,.0f} rows, {s['memory_checkpoints']:.0f} "
-              f"checkpoints by memory; peak RSS "
+              f"files of {s['rows_per_file'] or 0:,.0f} rows ({s['bytes_per_row']:.1f} "
+              f"bytes/row), {s['memory_checkpoints']:.0f} checkpoints and "
+              f"{s['memory_row_groups']:.0f} row groups closed by memory; peak RSS "
               f"{s['peak_rss_bytes'] >> 20} MiB", flush=True)
         sluice.append(s)
     rate_b = statistics.median(b["records_per_s"] for b in bare)
