@@ -197,23 +197,10 @@ impl FileWriter {
         self.inner.in_progress_rows()
     }
 
-    /// Bytes held: encoded row groups not yet taken, the closed row
-    /// groups' metadata, kept for the footer, and the open row group's
-    /// pages. The encoded buffer's spare capacity (it grows by doubling)
-    /// is not counted: counting it made files end to end a third smaller
-    /// and sluice 7 % slower for a peak RSS 30–60 MiB lower, a trade left
-    /// open (DESIGN.md, Performance).
+    /// Bytes held: encoded row groups not yet taken plus the open row
+    /// group's pages.
     pub fn memory_size(&self) -> usize {
-        // Measured (`allocation-counter`): 12–25 KiB per row group of the
-        // reference event's 30 columns.
-        const COLUMN_CHUNK_METADATA: usize = 1024;
-        let chunks: usize = self
-            .inner
-            .flushed_row_groups()
-            .iter()
-            .map(|group| group.num_columns())
-            .sum();
-        self.inner.inner().capacity() + chunks * COLUMN_CHUNK_METADATA + self.inner.memory_size()
+        self.inner.inner().len() + self.inner.memory_size()
     }
 
     /// Whether the file has reached `limit` bytes. The open row group's
