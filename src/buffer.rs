@@ -540,9 +540,7 @@ impl Buffers {
             if self.buffered_bytes <= target {
                 break;
             }
-            let Some(file) = self.files.get_mut(&key) else {
-                continue;
-            };
+            let file = self.files.get_mut(&key).expect("a file listed above");
             let before = file.held_bytes();
             file.writer.close_row_group()?;
             closed += 1;
