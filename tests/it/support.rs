@@ -116,6 +116,30 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 }
 
 /// The group's committed offset per partition (-1 where none).
+/// Creates `topic` with records the broker never deletes by age. Records
+/// stamped months ago are otherwise removed by the broker's periodic
+/// retention check (it rolls and deletes even the active segment) while a
+/// test still reads them: a consumer joining after that check finds the
+/// partition empty.
+pub async fn ensure_topic_kept(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let new =
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1");
+    for result in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap_or_else(|(topic, code)| panic!("creating {topic}: {code}"));
+    }
+}
+
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     committed_on(&brokers(), group, topic, partitions)
 }
@@ -337,12 +361,25 @@ listen = "127.0.0.1:{metrics_port}"
                 "SLUICE_METRICS__LISTEN",
                 format!("127.0.0.1:{}", self.metrics_port),
             )
-            .env("SLUICE_LOG", "info,sluice=debug")
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info,sluice=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn sluice");
         self.child = Some(child);
+    }
+
+    /// "running", or how the process ended: for failure messages.
+    pub fn state(&mut self) -> String {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => "not started".into(),
+            Some(Ok(None)) => "still running".into(),
+            Some(Ok(Some(status))) => format!("exited ({status})"),
+            Some(Err(e)) => format!("in an unknown state ({e})"),
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -413,9 +450,10 @@ listen = "127.0.0.1:{metrics_port}"
             }
             if !self.is_running() || Instant::now() > deadline {
                 panic!(
-                    "offsets {:?} not committed (have {:?}); sluice log:\n{}",
+                    "offsets {:?} not committed (have {:?}); sluice {}; log:\n{}",
                     ends,
                     committed(&group, &topic, partitions),
+                    self.state(),
                     self.logs()
                 );
             }
