@@ -265,6 +265,16 @@ impl Encoded {
     /// Envelope → decode → Arrow (→ Parquet at each full batch) for the
     /// events of `range`, all of partition 0 at their own offsets.
     pub fn push(&self, buffers: &mut Buffers, range: Range<usize>) -> anyhow::Result<()> {
+        self.push_to(buffers, 0, range)
+    }
+
+    /// [`Encoded::push`] into `partition`'s files.
+    pub fn push_to(
+        &self,
+        buffers: &mut Buffers,
+        partition: i32,
+        range: Range<usize>,
+    ) -> anyhow::Result<()> {
         for i in range {
             let envelope = Envelope::parse(
                 self.headers[i]
@@ -274,7 +284,7 @@ impl Encoded {
                 "baggage",
             )?;
             buffers.push(&Record {
-                partition: 0,
+                partition,
                 offset: i as i64,
                 kafka_timestamp_ms: Some(self.kafka_timestamp_ms),
                 envelope,

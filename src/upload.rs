@@ -137,7 +137,7 @@ impl Streams {
     pub fn send(&self, part: Part, permit: Option<OwnedSemaphorePermit>) {
         let queued = Queued {
             number: part.number,
-            _held: Held::new(part.bytes.len(), &self.held),
+            _held: Held::new(part.bytes.capacity(), &self.held),
             bytes: Bytes::from(part.bytes),
             _permit: permit,
         };

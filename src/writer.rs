@@ -192,15 +192,20 @@ impl FileWriter {
         self.inner.memory_size()
     }
 
+    /// Row groups closed so far: their metadata is held until the footer.
+    pub fn closed_row_groups(&self) -> usize {
+        self.inner.flushed_row_groups().len()
+    }
+
     /// Rows in the open row group (0 once it closed).
     pub fn in_progress_rows(&self) -> usize {
         self.inner.in_progress_rows()
     }
 
-    /// Bytes held: encoded row groups not yet taken plus the open row
-    /// group's pages.
+    /// Bytes held: the buffer of encoded row groups not yet taken (its
+    /// capacity: it grows by doubling) plus the open row group's pages.
     pub fn memory_size(&self) -> usize {
-        self.inner.inner().len() + self.inner.memory_size()
+        self.inner.inner().capacity() + self.inner.memory_size()
     }
 
     /// Whether the file has reached `limit` bytes. The open row group's

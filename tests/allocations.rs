@@ -14,7 +14,13 @@ use sluice::config::ParquetConfig;
 use sluice::sample::{Encoded, Reference};
 
 fn push(buffers: &mut Buffers, events: &Encoded, range: std::ops::Range<usize>) {
-    events.push(buffers, range).expect("valid events");
+    push_to(buffers, events, 0, range);
+}
+
+fn push_to(buffers: &mut Buffers, events: &Encoded, partition: i32, range: std::ops::Range<usize>) {
+    events
+        .push_to(buffers, partition, range)
+        .expect("valid events");
 }
 
 #[test]
@@ -98,4 +104,61 @@ fn the_budget_counts_what_open_files_hold() {
             "{records} records: open files hold {held} bytes, the budget counts {counted}"
         );
     }
+}
+
+/// Files the budget must count beyond their rows: many small open files
+/// (many partitions × hour folders), each holding its builders' first room
+/// and its writer's state whatever its rows; and files whose row groups
+/// memory pressure closed early, each keeping every closed row group's
+/// metadata until its footer, and its encoded bytes in a buffer grown by
+/// doubling. Counted too little, thousands of small files or hundreds of
+/// small row groups take the process past its budget; counted much too
+/// much, files are sealed needlessly small.
+#[test]
+fn the_budget_counts_small_files_and_closed_row_groups() {
+    let reference = Reference::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+        .expect("reference event");
+    let check = |what: &str, held: f64, counted: f64| {
+        eprintln!(
+            "{what}: {:.0} KiB held, {:.0} KiB counted",
+            held / 1024.0,
+            counted / 1024.0
+        );
+        assert!(
+            held <= counted * 1.25,
+            "{what}: open files hold {held} bytes, the budget counts {counted}"
+        );
+        assert!(
+            counted <= held * 1.5,
+            "{what}: the budget counts {counted} bytes, open files hold {held}"
+        );
+    };
+    // 64 partitions: 64 files of one row, 192 (three hours) of 10 and 100.
+    for rows in [1, 30, 300] {
+        let events = Encoded::new(&reference.sample, rows);
+        let mut buffers = reference.buffers(&ParquetConfig::default());
+        let held = allocation_counter::measure(|| {
+            for partition in 0..64 {
+                push_to(&mut buffers, &events, partition, 0..rows);
+            }
+        })
+        .bytes_current as f64;
+        let what = format!("64 partitions of {rows} records");
+        check(&what, held, buffers.buffered_bytes() as f64);
+    }
+    // Row groups closed every 2,000 records, as memory pressure would.
+    let records = 60_000;
+    let events = Encoded::new(&reference.sample, records);
+    let mut buffers = reference.buffers(&ParquetConfig::default());
+    let mut closed = 0;
+    let held = allocation_counter::measure(|| {
+        for start in (0..records).step_by(2_000) {
+            push_to(&mut buffers, &events, 0, start..start + 2_000);
+            closed += buffers.compact(0).expect("compacted");
+        }
+    })
+    .bytes_current as f64;
+    assert!(closed >= 30, "{closed} row groups closed");
+    let what = format!("{records} records in 3 files, {closed} row groups closed early");
+    check(&what, held, buffers.buffered_bytes() as f64);
 }
