@@ -576,6 +576,11 @@ impl Buffers {
             self.after_encoding(key);
             self.buffered_bytes = self.buffered_bytes - before + self.files[&key].held_bytes();
         }
+        debug_assert_eq!(
+            self.buffered_bytes,
+            self.bytes_by_partition().values().sum::<usize>(),
+            "the running count is what the files hold"
+        );
         Ok(closed)
     }
 
