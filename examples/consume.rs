@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use sluice::config::KafkaConfig;
 
 /// The daemon's allocator, which also serves librdkafka's allocations.
@@ -102,10 +102,9 @@ fn main() -> anyhow::Result<()> {
                     touched += m
                         .payload()
                         .map_or(0, |p| p.len() + p.first().map_or(0, |b| usize::from(*b)));
-                    if let Some(headers) = m.headers() {
-                        for h in headers.iter() {
-                            touched += h.key.len() + h.value.map_or(0, <[u8]>::len);
-                        }
+                    // As sluice reads them.
+                    for (key, value) in sluice::source::headers(&m) {
+                        touched += key.len() + value.map_or(0, <[u8]>::len);
                     }
                 }
                 read += 1;

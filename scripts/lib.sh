@@ -39,6 +39,9 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 export AWS_DEFAULT_REGION="$AWS_REGION"
 export SLUICE_PYTHON="$VENV/bin/python"
+# A Go producer for records the Rust and Python clients cannot write
+# (header keys that are not UTF-8); dev-up builds it.
+export SLUICE_RAWPRODUCE="$SLUICE_CACHE/bin/rawproduce"
 # Build output is cached too, one directory per checkout: cargo takes a
 # crate's sources as unchanged when their times are older than its last
 # build, even if that build was of another checkout.

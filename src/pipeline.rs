@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
@@ -862,11 +862,7 @@ impl Worker {
             ));
         };
         let kafka_timestamp_ms = message.timestamp().to_millis();
-        let headers = message
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value));
+        let headers = source::headers(message);
         let envelope = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
             Ok(envelope) => envelope,
             Err(e) => return Ok(Outcome::Failed(Stage::Envelope, e.to_string())),
@@ -945,12 +941,7 @@ impl Worker {
         let (policy, key) = self.errors.policy_for(reason);
         match policy {
             ErrorPolicy::DeadLetter => {
-                let headers: Vec<(&str, Option<&[u8]>)> = message
-                    .headers()
-                    .into_iter()
-                    .flat_map(|h| h.iter())
-                    .map(|h| (h.key, h.value))
-                    .collect();
+                let headers: Vec<(&str, Option<&[u8]>)> = source::headers(message).collect();
                 self.dead_letters.push(&DeadLetter {
                     partition,
                     offset,

@@ -17,6 +17,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -699,6 +700,47 @@ pub fn commit_offsets(
 /// How long the main thread's poll waits for an event, and an idle worker
 /// sleeps, before they look again.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A record's headers, in order, as (key, value). rust-rdkafka panics
+/// reading a header whose key is not UTF-8 (its keys are `&str`), and Kafka
+/// takes any bytes for a key (Go clients send them): such a header is
+/// skipped — no CloudEvents attribute, content type or tenant header can
+/// have that key, so nothing sluice reads is lost — rather than letting one
+/// record stop the process on every start.
+pub fn headers<'m>(
+    message: &'m BorrowedMessage<'_>,
+) -> impl Iterator<Item = (&'m str, Option<&'m [u8]>)> + 'm {
+    let headers = message.headers();
+    let count = headers.map_or(0, Headers::count);
+    (0..count).filter_map(move |index| {
+        let header = quietly(|| headers?.try_get(index)).ok()??;
+        Some((header.key, header.value))
+    })
+}
+
+thread_local! {
+    /// Set while [`quietly`] runs `f` on this thread.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic in it without reporting it: for library code
+/// that panics on input rather than returning an error. Other panics are
+/// reported as before.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|quiet| quiet.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|quiet| quiet.set(false));
+    result
+}
 
 #[cfg(test)]
 mod tests {

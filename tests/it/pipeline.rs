@@ -297,6 +297,83 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
     assert_eq!(covered, offset);
 }
 
+/// Kafka takes any bytes for a header key, and rust-rdkafka panics reading
+/// one that is not UTF-8: such a header is skipped. Its record lands as any
+/// other (no CloudEvents attribute can have that key), an undecodable one
+/// is a dead letter with the headers that could be read, and the process
+/// neither stops nor reports a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_key_that_is_not_utf8_is_skipped_and_nothing_stops() {
+    let topic = support::unique("keys");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    sample::ensure_topic(&support::brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let sample = reference_sample();
+    let producer = support::producer();
+    let bad_key: &[u8] = b"trace\xff\xfe";
+    let mut good = Vec::new();
+    for seq in 0..20u64 {
+        let headers = sample.headers(seq);
+        let mut h: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        if seq == 10 {
+            // Among the CloudEvents headers, not after them.
+            h.insert(2, (bad_key, b"00-0af7651916cd43dd-01"));
+            support::send_raw_keys(&topic, &sample.encode(seq), &h);
+        } else {
+            let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            support::send_raw(&producer, &topic, &sample.encode(seq), &h).await;
+        }
+        good.push(Produced {
+            seq,
+            partition: 0,
+            offset: seq as i64,
+        });
+    }
+    // Undecodable, with the same header: a dead letter at offset 20.
+    support::send_raw_keys(
+        &topic,
+        b"\xff\xff\xff\xff not protobuf",
+        &[
+            (b"ce_id", b"order-x"),
+            (bad_key, b"v"),
+            (b"ce_source", b"/x"),
+        ],
+    );
+    let mut sink = Sink::new(SinkSpec {
+        topic: &topic,
+        storage_url: &storage,
+        queue_url: None,
+        interval: "1s",
+    });
+    sink.start();
+    sink.wait_committed(&[21], Duration::from_secs(120));
+    assert!(sink.is_running(), "a header key must not stop the daemon");
+    assert!(sink.stop().success());
+    let logs = sink.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+
+    let read = support::read_back_committed(&storage, None);
+    let counts = check_rows(&read, &good, &sample);
+    assert_eq!(counts.len(), good.len());
+    let letters = read["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0][1], 20);
+    assert_eq!(letters[0][2], "decode");
+    // The headers it could read, in order.
+    let keys: Vec<&str> = letters[0][5]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ce_id", "ce_source"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
     let topic = support::unique("orders");

@@ -541,6 +541,33 @@ pub fn python_json(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Value 
     serde_json::from_slice(&output.stdout).expect("the Python reader prints JSON")
 }
 
+/// Produces one record to partition 0 of `topic` with header keys given as
+/// bytes, which need not be UTF-8: through `tests/go/rawproduce` (Go's
+/// client writes any bytes; the Rust and Python ones take keys as strings),
+/// which `scripts/dev-up` builds.
+pub fn send_raw_keys(topic: &str, payload: &[u8], headers: &[(&[u8], &[u8])]) {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let program = std::env::var("SLUICE_RAWPRODUCE").expect(
+        "SLUICE_RAWPRODUCE names the Go producer scripts/dev-up builds (scripts/lib.sh sets it)",
+    );
+    let output = Command::new(&program)
+        .arg(brokers())
+        .arg(topic)
+        .arg(hex(payload))
+        .args(
+            headers
+                .iter()
+                .map(|(k, v)| format!("{}={}", hex(k), hex(v))),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 pub fn schemas_dir() -> PathBuf {
     repo().join("schemas")
 }
