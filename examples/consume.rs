@@ -103,9 +103,11 @@ fn main() -> anyhow::Result<()> {
                         .payload()
                         .map_or(0, |p| p.len() + p.first().map_or(0, |b| usize::from(*b)));
                     // As sluice reads them.
-                    for (key, value) in sluice::source::headers(&m) {
-                        touched += key.len() + value.map_or(0, <[u8]>::len);
-                    }
+                    touched += sluice::source::with_headers(&m, |headers| {
+                        headers
+                            .map(|(key, value)| key.len() + value.map_or(0, <[u8]>::len))
+                            .sum::<usize>()
+                    });
                 }
                 read += 1;
                 if read == from {

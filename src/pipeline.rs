@@ -862,8 +862,11 @@ impl Worker {
             ));
         };
         let kafka_timestamp_ms = message.timestamp().to_millis();
-        let headers = source::headers(message);
-        let envelope = match Envelope::parse(headers, kafka_timestamp_ms, self.tenancy.header()) {
+        let tenant_header = self.tenancy.header();
+        let parsed = source::with_headers(message, |headers| {
+            Envelope::parse(headers, kafka_timestamp_ms, tenant_header)
+        });
+        let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(e) => return Ok(Outcome::Failed(Stage::Envelope, e.to_string())),
         };

@@ -701,15 +701,34 @@ pub fn commit_offsets(
 /// sleeps, before they look again.
 pub const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A record's headers, in order, as (key, value). rust-rdkafka panics
+/// A record's header: key and value.
+pub type Header<'m> = (&'m str, Option<&'m [u8]>);
+
+/// Runs `read` over a record's headers, in order. rust-rdkafka panics
 /// reading a header whose key is not UTF-8 (its keys are `&str`), and Kafka
-/// takes any bytes for a key (Go clients send them): such a header is
-/// skipped — no CloudEvents attribute, content type or tenant header can
-/// have that key, so nothing sluice reads is lost — rather than letting one
-/// record stop the process on every start.
-pub fn headers<'m>(
+/// takes any bytes for a key (Go clients send them): `read` then runs again
+/// over [`headers`], without such headers, rather than letting one record
+/// stop the process on every start. One unwinding guard per record, not per
+/// header.
+pub fn with_headers<'m, T>(
     message: &'m BorrowedMessage<'_>,
-) -> impl Iterator<Item = (&'m str, Option<&'m [u8]>)> + 'm {
+    read: impl Fn(&mut dyn Iterator<Item = Header<'m>>) -> T,
+) -> T {
+    let mut all = message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value));
+    match quietly(|| read(&mut all)) {
+        Ok(value) => value,
+        Err(_) => read(&mut headers(message)),
+    }
+}
+
+/// A record's headers, in order, without those whose keys are not UTF-8:
+/// no CloudEvents attribute, content type or tenant header can have such
+/// a key, so nothing sluice reads is lost.
+pub fn headers<'m>(message: &'m BorrowedMessage<'_>) -> impl Iterator<Item = Header<'m>> + 'm {
     let headers = message.headers();
     let count = headers.map_or(0, Headers::count);
     (0..count).filter_map(move |index| {
