@@ -543,14 +543,15 @@ impl Buffers {
     /// row groups, until open files hold `target` bytes or less: pages are
     /// compressed, compressors and builders' room freed, and the files
     /// stay open, so memory pressure need not end them. Only files with a
-    /// row group's worth: 1 MiB, or each file's even share of `target`
+    /// row group's worth: 1 MiB, or half of each file's even share of `target`
     /// when many files share it (64 KiB at least), so that files of a few
     /// rows are left to sealing rather than cut into tiny row groups.
     /// Returns how many row groups it closed.
     pub fn compact(&mut self, target: usize) -> Result<usize, WriteError> {
         const MIN_ROW_GROUP: usize = 1 << 20;
         const MIN_SHARED_ROW_GROUP: usize = 64 << 10;
-        let floor = (target / self.files.len().max(1)).clamp(MIN_SHARED_ROW_GROUP, MIN_ROW_GROUP);
+        let floor =
+            (target / 2 / self.files.len().max(1)).clamp(MIN_SHARED_ROW_GROUP, MIN_ROW_GROUP);
         let mut largest: Vec<(usize, FileKey)> = self
             .files
             .iter()

@@ -692,8 +692,11 @@ impl Worker {
         if held >= self.share / 2 {
             // First the open row groups of the largest files close: their
             // pages shrink to their compressed size and their compressors
-            // go, and the files stay open.
-            let closed = self.buffers.compact(self.share / 4)?;
+            // go, and the files stay open. An eighth of the half at a time:
+            // the files that gathered the most since their last close go
+            // first and the rest grow on, so row groups are about twice
+            // what closing every file at once would leave them.
+            let closed = self.buffers.compact(self.share / 2 - self.share / 16)?;
             self.telemetry.row_groups_closed_early(closed);
             held = self.open_bytes();
         }
