@@ -43,6 +43,28 @@ fn check_messages(read: &Value, bucket: &str, topic: &str) {
     }
 }
 
+/// A topic of its own with `partitions`, and a directory for the store
+/// (kept while the returned guard lives) with its `file://` URL.
+async fn topic_and_store(name: &str, partitions: i32) -> (String, tempfile::TempDir, String) {
+    let topic = support::unique(name);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().display());
+    sample::ensure_topic(&support::brokers(), &topic, partitions)
+        .await
+        .unwrap();
+    (topic, dir, storage)
+}
+
+/// A sink reading `topic` into `storage`, checkpointing every second.
+fn file_sink(topic: &str, storage: &str) -> Sink {
+    Sink::new(SinkSpec {
+        topic,
+        storage_url: storage,
+        queue_url: None,
+        interval: "1s",
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_events_land_with_their_values_and_one_message_per_file() {
     const PARTITIONS: i32 = 4;
@@ -112,19 +134,9 @@ async fn hundred_thousand_events_land_with_their_values_and_one_message_per_file
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_and_restart_lose_nothing() {
     const PARTITIONS: i32 = 3;
-    let topic = support::unique("orders");
-    let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    sample::ensure_topic(&support::brokers(), &topic, PARTITIONS)
-        .await
-        .unwrap();
+    let (topic, _dir, storage) = topic_and_store("orders", PARTITIONS).await;
     let sample = reference_sample();
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let mut sink = file_sink(&topic, &storage);
     sink.start();
     // Produce while sluice runs; stop it once its first checkpoint committed.
     let first = sample::produce(&support::brokers(), &topic, PARTITIONS, &sample, 0..20_000)
@@ -166,12 +178,7 @@ async fn sigterm_mid_stream_and_restart_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_records_become_dead_letters_and_the_rest_land() {
-    let topic = support::unique("orders");
-    let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    sample::ensure_topic(&support::brokers(), &topic, 1)
-        .await
-        .unwrap();
+    let (topic, _dir, storage) = topic_and_store("orders", 1).await;
     let sample = reference_sample();
     let producer = support::producer();
     let mut good = Vec::new();
@@ -234,12 +241,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
         bad_offsets.push(offset);
         offset += 1;
     }
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let mut sink = file_sink(&topic, &storage);
     sink.start();
     sink.wait_committed(&[offset], Duration::from_secs(120));
     assert!(sink.is_running(), "bad records must not stop the daemon");
@@ -304,12 +306,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
 /// neither stops nor reports a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_key_that_is_not_utf8_is_skipped_and_nothing_stops() {
-    let topic = support::unique("keys");
-    let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    sample::ensure_topic(&support::brokers(), &topic, 1)
-        .await
-        .unwrap();
+    let (topic, _dir, storage) = topic_and_store("keys", 1).await;
     let sample = reference_sample();
     let producer = support::producer();
     let bad_key: &[u8] = b"trace\xff\xfe";
@@ -344,12 +341,7 @@ async fn a_header_key_that_is_not_utf8_is_skipped_and_nothing_stops() {
             (b"ce_source", b"/x"),
         ],
     );
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let mut sink = file_sink(&topic, &storage);
     sink.start();
     sink.wait_committed(&[21], Duration::from_secs(120));
     assert!(sink.is_running(), "a header key must not stop the daemon");
@@ -376,24 +368,14 @@ async fn a_header_key_that_is_not_utf8_is_skipped_and_nothing_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_policy_stops_at_the_bad_record_and_commits_nothing_after_it() {
-    let topic = support::unique("orders");
-    let dir = tempfile::tempdir().unwrap();
-    let storage = format!("file://{}", dir.path().display());
-    sample::ensure_topic(&support::brokers(), &topic, 1)
-        .await
-        .unwrap();
+    let (topic, _dir, storage) = topic_and_store("orders", 1).await;
     let sample = reference_sample();
     let good = sample::produce(&support::brokers(), &topic, 1, &sample, 0..50)
         .await
         .unwrap();
     let producer = support::producer();
     support::send_raw(&producer, &topic, b"\xff\xff", &[]).await;
-    let mut sink = Sink::new(SinkSpec {
-        topic: &topic,
-        storage_url: &storage,
-        queue_url: None,
-        interval: "1s",
-    });
+    let mut sink = file_sink(&topic, &storage);
     sink.start_with_env(&[("SLUICE_ERRORS__POLICY", "fail")]);
     let status = sink.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
@@ -451,12 +433,7 @@ async fn tombstones_are_dead_letters_skipped_or_fatal_as_configured() {
     let run = |policy: Option<&'static str>| {
         let dir = tempfile::tempdir().unwrap();
         let storage = format!("file://{}", dir.path().display());
-        let mut sink = Sink::new(SinkSpec {
-            topic: &topic,
-            storage_url: &storage,
-            queue_url: None,
-            interval: "1s",
-        });
+        let mut sink = file_sink(&topic, &storage);
         let env: Vec<(&str, &str)> = policy
             .map(|p| vec![("SLUICE_ERRORS__TOMBSTONES", p)])
             .unwrap_or_default();
