@@ -694,8 +694,9 @@ impl Worker {
             // pages shrink to their compressed size and their compressors
             // go, and the files stay open. An eighth of the half at a time:
             // the files that gathered the most since their last close go
-            // first and the rest grow on, so row groups are about twice
-            // what closing every file at once would leave them.
+            // first and the rest grow on, so row groups are larger than
+            // closing every file at once leaves them (a third fewer in
+            // `scripts/bench-e2e`).
             let closed = self.buffers.compact(self.share / 2 - self.share / 16)?;
             self.telemetry.row_groups_closed_early(closed);
             held = self.open_bytes();
