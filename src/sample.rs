@@ -319,10 +319,24 @@ pub struct Produced {
 
 /// Creates `topic` with `partitions` partitions unless it exists.
 pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    ensure_topic_with(brokers, topic, partitions, &[]).await
+}
+
+/// [`ensure_topic`] with topic `settings` (`retention.ms`, …) for a topic
+/// it creates.
+pub async fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = settings.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |new, (key, value)| new.set(key, value),
+    );
     for result in admin.create_topics([&new], &AdminOptions::new()).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -116,8 +116,12 @@ async fn paths_follow_the_template_and_the_time_source() {
     use rdkafka::producer::FutureRecord;
 
     let topic = support::unique("paths");
-    // Its records carry a Kafka time months back.
-    support::ensure_topic_kept(&topic, 1).await;
+    // Its records carry a Kafka time months back: the broker's retention
+    // check (every 5 minutes; it rolls and deletes even the active segment)
+    // would otherwise remove them while the later sinks still read them.
+    sample::ensure_topic_with(&support::brokers(), &topic, 1, &[("retention.ms", "-1")])
+        .await
+        .unwrap();
     let sample = reference_sample();
     let producer = support::producer();
     let event_time = "2026-03-01T10:15:00Z";

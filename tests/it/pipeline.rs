@@ -285,8 +285,7 @@ async fn undecodable_records_become_dead_letters_and_the_rest_land() {
             .unwrap_or_else(|| panic!("no dead letter for offset {at}: {letters:?}"));
         assert_eq!(row[2], *stage);
         assert!(row[3].as_str().unwrap().contains(reason), "{row}");
-        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(row[4], hex.as_str());
+        assert_eq!(row[4], support::hex(payload).as_str());
         assert_eq!(row[5].as_array().unwrap().len(), headers.len());
     }
     // One manifest range covers good rows and dead letters alike.

@@ -116,30 +116,6 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 }
 
 /// The group's committed offset per partition (-1 where none).
-/// Creates `topic` with records the broker never deletes by age. Records
-/// stamped months ago are otherwise removed by the broker's periodic
-/// retention check (it rolls and deletes even the active segment) while a
-/// test still reads them: a consumer joining after that check finds the
-/// partition empty.
-pub async fn ensure_topic_kept(topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let new =
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1");
-    for result in admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap_or_else(|(topic, code)| panic!("creating {topic}: {code}"));
-    }
-}
-
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     committed_on(&brokers(), group, topic, partitions)
 }
@@ -541,12 +517,16 @@ pub fn python_json(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Value 
     serde_json::from_slice(&output.stdout).expect("the Python reader prints JSON")
 }
 
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Produces one record to partition 0 of `topic` with header keys given as
 /// bytes, which need not be UTF-8: through `tests/go/rawproduce` (Go's
 /// client writes any bytes; the Rust and Python ones take keys as strings),
 /// which `scripts/dev-up` builds.
 pub fn send_raw_keys(topic: &str, payload: &[u8], headers: &[(&[u8], &[u8])]) {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let program = std::env::var("SLUICE_RAWPRODUCE").expect(
         "SLUICE_RAWPRODUCE names the Go producer scripts/dev-up builds (scripts/lib.sh sets it)",
     );
