@@ -4,6 +4,7 @@ which starts the local stack and builds the release binaries.
 
 usage: scripts/bench-e2e [--events N] [--partitions P] [--interval 10s]
                          [--budget BYTES] [--runs 3] [--storage s3|file]
+                         [--signed-payload]
 
 The topic (bench.orders.<events>.<partitions>) is produced once and reused.
 Each round runs the bare consumer (examples/consume: sluice's librdkafka
@@ -18,6 +19,10 @@ from /proc) of sluice, of each of its threads, of the broker and of moto;
 minor faults and context switches per record; the checkpoint duration p50
 and p99 (seal → manifest → announce: the latency a commit adds); peak RSS.
 The bare consumer's window is its 10th to 90th percentile of records.
+
+moto listens on plain HTTP, where sluice signs object bodies by default;
+against AWS (HTTPS) it sends them unsigned. The bench measures the AWS
+case (storage.sign_payload = false) unless --signed-payload is given.
 
 Headline: ratio_rate = sluice committed/s ÷ bare records/s and ratio_cpu =
 sluice CPU per record ÷ bare CPU per record, medians of the runs.
@@ -175,7 +180,8 @@ def run_sluice(bin_dir, args, broker, moto, round_no):
                f"{os.environ['AWS_ENDPOINT_URL']}/123456789012/sluice-demo-files",
                SLUICE_METRICS__LISTEN=f"127.0.0.1:{port}",
                SLUICE_CHECKPOINT__INTERVAL=args.interval,
-               SLUICE_MEMORY__MAX_BUFFER_BYTES=str(args.budget), SLUICE_LOG="warn")
+               SLUICE_MEMORY__MAX_BUFFER_BYTES=str(args.budget), SLUICE_LOG="warn",
+               SLUICE_STORAGE__SIGN_PAYLOAD=str(args.signed_payload).lower())
     proc = subprocess.Popen([os.path.join(bin_dir, "sluice"), "run", "--config",
                              "sinks/order_placed.toml"], env=env)
     try:
@@ -259,7 +265,7 @@ def environment(args):
         "kernel": platform.release(), "loadavg_before": os.getloadavg(),
         "git": sha + ("+dirty" if dirty else ""), "events": args.events,
         "partitions": args.partitions, "interval": args.interval, "budget": args.budget,
-        "storage": args.storage, "runs": args.runs,
+        "storage": args.storage, "signed_payload": args.signed_payload, "runs": args.runs,
     }
 
 
@@ -271,6 +277,8 @@ def main():
     p.add_argument("--budget", type=int, default=256 << 20)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--storage", choices=["s3", "file"], default="s3")
+    p.add_argument("--signed-payload", action="store_true",
+                   help="sign object bodies, as sluice does over plain HTTP")
     p.add_argument("--bin", required=True)
     p.add_argument("--json", help="also write every run and the summary here")
     args = p.parse_args()

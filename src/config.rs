@@ -181,6 +181,12 @@ pub struct StorageConfig {
     /// `AWS_ENDPOINT_URL_S3`) points at a custom endpoint, false otherwise.
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub force_path_style: Option<bool>,
+    /// Hash object bodies into each request's SigV4 signature. Unset: only
+    /// when the endpoint is plain HTTP; over HTTPS (AWS itself) bodies go
+    /// as `UNSIGNED-PAYLOAD`, protected by TLS and their CRC32 checksum,
+    /// which saves a SHA-256 pass over every byte uploaded.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub sign_payload: Option<bool>,
     /// How many files upload at once.
     #[serde(default = "default_upload_concurrency", deserialize_with = "de::usize")]
     pub upload_concurrency: usize,

@@ -214,6 +214,10 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ObjectStore>, Strin
                     bucket_key: storage.bucket_key,
                     expected_owner: storage.expected_bucket_owner.clone(),
                 });
+            let store = match storage.sign_payload {
+                Some(sign) => store.with_payload_signing(sign),
+                None => store,
+            };
             (Arc::new(store), prefix)
         }
         StorageUrl::Local { dir } => (Arc::new(LocalStore::new(dir)), String::new()),

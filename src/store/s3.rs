@@ -37,6 +37,11 @@ pub struct S3Store {
     bucket: String,
     region: String,
     protection: Protection,
+    /// Whether object bodies are hashed into each request's signature.
+    /// Off, requests carry `UNSIGNED-PAYLOAD`: the body's CRC32 checksum,
+    /// which S3 verifies, still catches corruption, and TLS protects it in
+    /// transit.
+    sign_payload: bool,
 }
 
 /// What every request carries: the encryption of the objects written and
@@ -56,15 +61,20 @@ impl S3Store {
     /// `force_path_style`: `None` picks path style when a custom endpoint
     /// is configured (local S3 servers rarely resolve bucket subdomains).
     /// `request_timeout`: the longest one attempt of a call may take.
+    /// Bodies are signed only when the endpoint is plain HTTP (as the AWS
+    /// SDK for Java does): over HTTPS, hashing every byte with SHA-256 adds
+    /// nothing TLS and the checksum do not already give.
     pub async fn new(
         bucket: String,
         force_path_style: Option<bool>,
         request_timeout: Duration,
     ) -> S3Store {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let custom_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| sdk.endpoint_url().map(str::to_owned));
+        let custom_endpoint = endpoint.is_some();
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(force_path_style.unwrap_or(custom_endpoint))
             .timeout_config(crate::store::timeouts(request_timeout))
@@ -74,6 +84,16 @@ impl S3Store {
             client: Client::from_conf(config),
             bucket,
             protection: Protection::default(),
+            sign_payload: endpoint.is_some_and(|url| !url.starts_with("https://")),
+        }
+    }
+
+    /// The same store, signing object bodies (`true`) or not, whatever the
+    /// endpoint's scheme.
+    pub fn with_payload_signing(self, sign_payload: bool) -> S3Store {
+        S3Store {
+            sign_payload,
+            ..self
         }
     }
 
@@ -188,7 +208,7 @@ impl ObjectStore for S3Store {
                 other => other,
             };
         }
-        let out = self
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -198,10 +218,13 @@ impl ObjectStore for S3Store {
             .set_if_none_match((mode == PutMode::Create).then(|| "*".to_owned()))
             .set_server_side_encryption(self.protection.encryption.clone())
             .set_ssekms_key_id(self.protection.kms_key_id.clone())
-            .set_bucket_key_enabled(self.protection.bucket_key)
-            .send()
-            .await
-            .map_err(|e| classify("put", key, e))?;
+            .set_bucket_key_enabled(self.protection.bucket_key);
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let out = sent.map_err(|e| classify("put", key, e))?;
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
@@ -332,7 +355,7 @@ impl ObjectStore for S3Store {
                 retryable: true,
             });
         }
-        let out = self
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -340,10 +363,13 @@ impl ObjectStore for S3Store {
             .key(&upload.key)
             .upload_id(&upload.id)
             .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| classify("put", &upload.key, e))?;
+            .body(ByteStream::from(body));
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let out = sent.map_err(|e| classify("put", &upload.key, e))?;
         failpoint::hit(failpoint::AFTER_PART);
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }

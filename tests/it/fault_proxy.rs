@@ -214,6 +214,9 @@ struct State {
     seen: Mutex<BTreeMap<Op, u64>>,
     /// Per S3 operation, requests without `x-amz-expected-bucket-owner`.
     ownerless: Mutex<BTreeMap<Op, u64>>,
+    /// Per S3 operation, requests whose body was not signed
+    /// (`x-amz-content-sha256` of an `UNSIGNED` kind).
+    unsigned: Mutex<BTreeMap<Op, u64>>,
     injected: Mutex<BTreeMap<(Op, Fault), u64>>,
 }
 
@@ -241,6 +244,7 @@ impl FaultProxy {
             released: tokio::sync::Notify::new(),
             seen: Mutex::new(BTreeMap::new()),
             ownerless: Mutex::new(BTreeMap::new()),
+            unsigned: Mutex::new(BTreeMap::new()),
             injected: Mutex::new(BTreeMap::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -302,6 +306,11 @@ impl FaultProxy {
     pub fn ownerless(&self) -> BTreeMap<Op, u64> {
         self.state.ownerless.lock().unwrap().clone()
     }
+
+    /// S3 requests per operation whose body was not part of the signature.
+    pub fn unsigned(&self) -> BTreeMap<Op, u64> {
+        self.state.unsigned.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -353,6 +362,14 @@ async fn handle(state: &State, request: Request<Incoming>) -> Answer {
             .contains_key("x-amz-expected-bucket-owner")
     {
         *state.ownerless.lock().unwrap().entry(op).or_default() += 1;
+    }
+    if request
+        .headers()
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("UNSIGNED"))
+    {
+        *state.unsigned.lock().unwrap().entry(op).or_default() += 1;
     }
     let nth = {
         let mut seen = state.seen.lock().unwrap();

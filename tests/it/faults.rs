@@ -131,6 +131,12 @@ async fn streamed_files_survive_every_store_and_queue_fault() {
         proxy.injected()
     );
     assert!(missing.is_empty(), "faults never injected: {missing:?}");
+    // The proxy speaks plain HTTP: by default every body is signed.
+    assert!(
+        proxy.unsigned().is_empty(),
+        "unsigned bodies over plain HTTP: {:?}",
+        proxy.unsigned()
+    );
 
     let read = f.read();
     check_exactly_once(&read, &produced, &sample);

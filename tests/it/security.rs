@@ -392,7 +392,7 @@ async fn msk_iam_signs_with_the_sdk_credential_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_owner() {
+async fn objects_are_kms_encrypted_requests_name_the_owner_and_bodies_go_unsigned() {
     use crate::fault_proxy::{FaultProxy, Op, Plan};
     const RECORDS: u64 = 150;
     let f = support::fixture(1).await;
@@ -449,6 +449,9 @@ async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_
         ("SLUICE_STORAGE__KMS_KEY_ID", "alias/sluice-test"),
         ("SLUICE_STORAGE__BUCKET_KEY", "true"),
         ("SLUICE_STORAGE__EXPECTED_BUCKET_OWNER", "123456789012"),
+        // As over HTTPS by default: bodies go as `UNSIGNED-PAYLOAD`, with
+        // their checksum.
+        ("SLUICE_STORAGE__SIGN_PAYLOAD", "false"),
     ]);
     sink.wait_committed(&ends(&produced, 1), Duration::from_secs(180));
     assert!(sink.stop().success(), "{}", sink.logs());
@@ -474,6 +477,19 @@ async fn every_object_is_encrypted_with_the_kms_key_and_every_request_names_the_
         "requests without the expected owner: {:?}",
         proxy.ownerless()
     );
+    let unsigned = proxy.unsigned();
+    for op in [
+        Op::ObjectPut,
+        Op::ManifestPut,
+        Op::MarkerPut,
+        Op::UploadPart,
+    ] {
+        assert_eq!(
+            unsigned.get(&op),
+            seen.get(&op),
+            "{op:?}: bodies signed although told not to ({unsigned:?} of {seen:?})"
+        );
+    }
 
     check_published_and_announced(&f.read());
 
