@@ -84,7 +84,7 @@ impl S3Store {
             client: Client::from_conf(config),
             bucket,
             protection: Protection::default(),
-            sign_payload: endpoint.is_some_and(|url| !url.starts_with("https://")),
+            sign_payload: signs_payload(endpoint.as_deref()),
         }
     }
 
@@ -105,6 +105,15 @@ impl S3Store {
     fn owner(&self) -> Option<String> {
         self.protection.expected_owner.clone()
     }
+}
+
+/// Whether bodies are signed by default: only over plain HTTP. No
+/// endpoint configured means AWS's own, over HTTPS.
+fn signs_payload(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|url| {
+        !url.get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    })
 }
 
 /// Error codes S3 uses for conditions that pass: some come with a 5xx
@@ -459,5 +468,19 @@ impl ObjectStore for S3Store {
 
     fn region(&self) -> &str {
         &self.region
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signs_payload;
+
+    #[test]
+    fn bodies_are_signed_by_default_only_over_plain_http() {
+        assert!(!signs_payload(None), "AWS's own endpoints are HTTPS");
+        assert!(!signs_payload(Some("https://s3.eu-west-1.amazonaws.com")));
+        assert!(!signs_payload(Some("HTTPS://minio.internal:9000")));
+        assert!(signs_payload(Some("http://127.0.0.1:4566")));
+        assert!(signs_payload(Some("http://https.example")));
     }
 }
