@@ -228,12 +228,11 @@ impl ObjectStore for S3Store {
             .set_server_side_encryption(self.protection.encryption.clone())
             .set_ssekms_key_id(self.protection.kms_key_id.clone())
             .set_bucket_key_enabled(self.protection.bucket_key);
-        let sent = if self.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
-        };
-        let out = sent.map_err(|e| classify("put", key, e))?;
+        let mut request = request.customize();
+        if !self.sign_payload {
+            request = request.disable_payload_signing();
+        }
+        let out = request.send().await.map_err(|e| classify("put", key, e))?;
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
@@ -373,12 +372,14 @@ impl ObjectStore for S3Store {
             .upload_id(&upload.id)
             .part_number(number)
             .body(ByteStream::from(body));
-        let sent = if self.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
-        };
-        let out = sent.map_err(|e| classify("put", &upload.key, e))?;
+        let mut request = request.customize();
+        if !self.sign_payload {
+            request = request.disable_payload_signing();
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| classify("put", &upload.key, e))?;
         failpoint::hit(failpoint::AFTER_PART);
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
