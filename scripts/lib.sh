@@ -61,15 +61,18 @@ prune_builds() {
   for dir in "$targets"/*/; do
     dir=${dir%/}
     [ -d "$dir" ] || continue
-    case "$dir" in "$CARGO_TARGET_DIR" | "$CARGO_TARGET_DIR-fuzz") continue ;; esac
-    local stamp="${dir%-fuzz}/.last-used"
+    case "$dir" in "$CARGO_TARGET_DIR" | "$CARGO_TARGET_DIR"-*) continue ;; esac
+    local stamp="${dir%-fuzz}"
+    stamp="${stamp%-docker}/.last-used"
     if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +2880)" ]; then
       log "removing the build cache of an unused checkout: $dir"
       rm -rf "$dir"
     fi
   done
   local mine=("$CARGO_TARGET_DIR")
-  [ -d "$CARGO_TARGET_DIR-fuzz" ] && mine+=("$CARGO_TARGET_DIR-fuzz")
+  for dir in "$CARGO_TARGET_DIR-fuzz" "$CARGO_TARGET_DIR-docker"; do
+    [ -d "$dir" ] && mine+=("$dir")
+  done
   find "${mine[@]}" -maxdepth 5 \
       \( -path '*/deps/*' -o -path '*/examples/*' \) -type f -perm -u+x ! -name '*.so' -size +10M -printf '%T@ %p\n' 2>/dev/null | sort -rn |
     awk '{ n = $2; sub(/.*\//, "", n); sub(/-[0-9a-f]+$/, "", n); if (++seen[n] > 4) print $2 }' |
