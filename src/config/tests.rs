@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use super::de::parse_byte_size;
 use super::*;
 
 const MINIMAL: &str = r#"
