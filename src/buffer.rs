@@ -5,21 +5,30 @@
 //! [`BATCH_ROWS`] rows the columns become a record batch that the file's
 //! writer encodes right away, so memory holds compressed pages, not rows.
 //! This module tracks offsets and sizes; it never does I/O.
+//!
+//! Here: the router ([`Buffers`]) and its memory accounting, and the types
+//! handed to upload and commit. `open_file`: one open file. `columns`: the
+//! envelope columns and the table schema.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use parquet::file::properties::WriterProperties;
 use prost_reflect::MessageDescriptor;
 
 use crate::config::ParquetConfig;
 use crate::envelope::{Encoding, Envelope};
-use crate::layout;
 use crate::partitioning::Partitioning;
-use crate::schema::{Column, DecodeError, Decoder, MessagePlan, UTC};
-use crate::writer::{CompressorMemory, FileWriter, PAGE_ROWS, WriteError};
+use crate::schema::{DecodeError, Decoder, MessagePlan};
+use crate::writer::{CompressorMemory, WriteError};
+
+mod columns;
+mod open_file;
+
+use columns::leaf_counts;
+pub use columns::{UNIQUE_COLUMNS, table_schema};
+use open_file::OpenFile;
 
 /// Rows per record batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
@@ -29,28 +38,6 @@ const BATCH_BYTES: usize = 1024 * 1024;
 
 /// Bytes counted per row on top of its payload, for the memory estimate.
 const ROW_OVERHEAD: usize = 64;
-
-/// Rows not yet encoded are counted this many times over: Arrow builders
-/// grow by doubling, so they hold up to twice what the rows need (measured
-/// with `tests/allocations.rs`: 642 KiB held for 281 KiB counted once,
-/// three files of 333 rows). A file whose last batch was full keeps room
-/// for the next one, counted as [`OpenFile::reserved`] until its rows
-/// count more.
-const UNENCODED_FACTOR: usize = 2;
-
-/// Bytes an open file holds per leaf column whatever its rows: its
-/// builders' first room and its writer's state (column writers, encoders,
-/// their buffers). Measured with `tests/allocations.rs`: 37 KiB per file of
-/// one row, 40 KiB per file of 30, on the reference event's 30 columns.
-/// Without it, thousands of open files of a few rows each (many partitions
-/// × folders) hold far more than the budget counts.
-const FILE_STATE_PER_COLUMN: usize = 1280;
-
-/// Bytes an open file keeps per leaf column for each row group it closed,
-/// until its footer is written: the column chunk's metadata (statistics,
-/// encodings) and its offset index. Measured with `tests/allocations.rs`:
-/// 24 KiB per row group on the reference event's 30 columns.
-const ROW_GROUP_METADATA_PER_COLUMN: usize = 832;
 
 /// The path field's values, interned: open files are keyed by index, so a
 /// record looks its value up without allocating.
@@ -222,63 +209,6 @@ pub enum BufferError {
     Write(#[from] WriteError),
 }
 
-/// Envelope columns whose values are (nearly) unique per row.
-pub const UNIQUE_COLUMNS: [&str; 4] = [
-    "_event_id",
-    "_event_time",
-    "_kafka_offset",
-    "_kafka_timestamp",
-];
-
-/// The columns sluice adds to every row, after the payload's.
-fn envelope_fields() -> [Field; 7] {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()));
-    [
-        Field::new("_event_id", DataType::Utf8, true),
-        Field::new("_event_time", ts.clone(), false),
-        Field::new("_source", DataType::Utf8, true),
-        Field::new("_kafka_partition", DataType::Int32, false),
-        Field::new("_kafka_offset", DataType::Int64, false),
-        Field::new("_kafka_timestamp", ts, true),
-        Field::new("_extensions", DataType::Utf8, true),
-    ]
-}
-
-/// Parquet leaf columns under each column of `schema`: one for a scalar,
-/// those of its children for a struct, list or map.
-fn leaf_counts(schema: &SchemaRef) -> Vec<usize> {
-    fn leaves(data_type: &DataType) -> usize {
-        match data_type {
-            DataType::Struct(fields) => fields.iter().map(|f| leaves(f.data_type())).sum(),
-            DataType::List(field) | DataType::LargeList(field) | DataType::Map(field, _) => {
-                leaves(field.data_type())
-            }
-            _ => 1,
-        }
-    }
-    schema
-        .fields()
-        .iter()
-        .map(|f| leaves(f.data_type()))
-        .collect()
-}
-
-/// The payload's columns, then the envelope's.
-pub fn table_schema(plan: &MessagePlan) -> SchemaRef {
-    let mut fields: Vec<Field> = plan.arrow_fields().iter().map(|f| (**f).clone()).collect();
-    fields.extend(envelope_fields());
-    Arc::new(Schema::new(fields))
-}
-
-/// CloudEvents extension attributes as one JSON object.
-struct Extensions<'a>(&'a [(&'a str, &'a str)]);
-
-impl serde::Serialize for Extensions<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
 /// Every open file of this process.
 #[derive(Debug)]
 pub struct Buffers {
@@ -321,40 +251,6 @@ pub struct Buffers {
     /// buffers side by side number their streams apart.
     next_stream: u64,
     stream_step: u64,
-}
-
-#[derive(Debug)]
-struct OpenFile {
-    columns: Vec<Column>,
-    pending_rows: usize,
-    pending_bytes: usize,
-    /// Bytes of room the builders kept after a full batch (the batch's
-    /// Arrow size), held whether or not rows fill it.
-    reserved: usize,
-    /// Arrow bytes per column encoded into the open row group: a column
-    /// past `data_page_bytes` has closed a page.
-    group_bytes: Vec<usize>,
-    /// What the compressors of the columns that closed a page in the open
-    /// row group hold ([`CompressorMemory`]).
-    compressor_bytes: usize,
-    writer: FileWriter,
-    /// Memory the writer holds.
-    encoded_bytes: usize,
-    /// Leaf columns, for what the file holds whatever its rows
-    /// ([`FILE_STATE_PER_COLUMN`]) and per closed row group
-    /// ([`ROW_GROUP_METADATA_PER_COLUMN`]).
-    leaves: usize,
-    /// The file reached `max_bytes`.
-    full: bool,
-    first_offset: i64,
-    last_offset: i64,
-    rows: u64,
-    min_time_micros: i64,
-    max_time_micros: i64,
-    /// Streamed: its stream, the parts and bytes handed out so far.
-    stream: Option<u64>,
-    parts: i32,
-    streamed: u64,
 }
 
 impl Buffers {
@@ -719,246 +615,6 @@ impl Buffers {
     }
 }
 
-impl OpenFile {
-    fn new(
-        schema: &SchemaRef,
-        properties: WriterProperties,
-        first: &Record<'_>,
-        leaves: usize,
-    ) -> Result<OpenFile, WriteError> {
-        Ok(OpenFile {
-            columns: schema
-                .fields()
-                .iter()
-                .filter_map(|f| Column::for_type(f.data_type()))
-                .collect(),
-            pending_rows: 0,
-            pending_bytes: 0,
-            reserved: 0,
-            group_bytes: vec![0; schema.fields().len()],
-            compressor_bytes: 0,
-            writer: FileWriter::new(schema.clone(), properties)?,
-            encoded_bytes: 0,
-            leaves,
-            full: false,
-            first_offset: first.offset,
-            last_offset: first.offset,
-            rows: 0,
-            min_time_micros: first.envelope.time_micros,
-            max_time_micros: first.envelope.time_micros,
-            stream: None,
-            parts: 0,
-            streamed: 0,
-        })
-    }
-
-    fn append_envelope(&mut self, first_column: usize, record: &Record<'_>) {
-        let time = record.envelope.time_micros;
-        let [
-            id,
-            event_time,
-            source,
-            partition,
-            offset,
-            kafka_ts,
-            extensions,
-        ] = &mut self.columns[first_column..]
-        else {
-            return;
-        };
-        if let Column::Str(b) = id {
-            b.append_option(record.envelope.id);
-        }
-        if let Column::Ts(b) = event_time {
-            b.append_value(time);
-        }
-        if let Column::Str(b) = source {
-            b.append_option(record.envelope.source);
-        }
-        if let Column::I32(b) = partition {
-            b.append_value(record.partition);
-        }
-        if let Column::I64(b) = offset {
-            b.append_value(record.offset);
-        }
-        if let Column::Ts(b) = kafka_ts {
-            b.append_option(record.kafka_timestamp_ms.map(|ms| ms.saturating_mul(1000)));
-        }
-        if let Column::Str(b) = extensions {
-            let attributes = &record.envelope.extensions;
-            if attributes.is_empty() {
-                b.append_null();
-            } else {
-                // Strings serialize infallibly; the builder is in memory.
-                let _ = serde_json::to_writer(&mut *b, &Extensions(attributes));
-                b.append_value([]);
-            }
-        }
-        if self.rows == 0 {
-            // The record that opened the file may have failed to decode.
-            (self.first_offset, self.last_offset) = (record.offset, record.offset);
-            (self.min_time_micros, self.max_time_micros) = (time, time);
-        }
-        self.pending_rows += 1;
-        self.rows += 1;
-        self.first_offset = self.first_offset.min(record.offset);
-        self.last_offset = self.last_offset.max(record.offset);
-        self.min_time_micros = self.min_time_micros.min(time);
-        self.max_time_micros = self.max_time_micros.max(time);
-    }
-
-    fn held_bytes(&self) -> usize {
-        self.unencoded_bytes()
-            + self.encoded_bytes
-            + self.compressor_bytes
-            + self.leaves
-                * (FILE_STATE_PER_COLUMN
-                    + self.writer.closed_row_groups() * ROW_GROUP_METADATA_PER_COLUMN)
-    }
-
-    /// What [`Buffers::compact`] can shrink: rows not yet encoded (and the
-    /// builders' room), the open row group and its compressors.
-    fn uncompressed_bytes(&self) -> usize {
-        self.unencoded_bytes() + self.writer.open_row_group_bytes() + self.compressor_bytes
-    }
-
-    /// Rows not yet encoded, or the room the builders kept if more.
-    fn unencoded_bytes(&self) -> usize {
-        (self.pending_bytes * UNENCODED_FACTOR).max(self.reserved)
-    }
-
-    /// A streamed file's encoded bytes as its next [`Part`], once there are
-    /// `min` of them; its stream is numbered from `streams` (next, step) on
-    /// its first part.
-    fn take_part(
-        &mut self,
-        partition: i32,
-        min: Option<usize>,
-        streams: (&mut u64, u64),
-        parts: &mut Vec<Part>,
-    ) {
-        let Some(bytes) = min.and_then(|min| self.writer.take_encoded(min)) else {
-            return;
-        };
-        let (next, step) = streams;
-        let stream = *self.stream.get_or_insert_with(|| {
-            let stream = *next;
-            *next += step;
-            stream
-        });
-        self.parts += 1;
-        self.streamed += bytes.len() as u64;
-        self.encoded_bytes = self.writer.memory_size();
-        parts.push(Part {
-            stream,
-            partition,
-            number: self.parts,
-            bytes,
-        });
-    }
-
-    /// Counts the compressors of the columns that have closed a page in
-    /// the open row group: all of them once it holds [`PAGE_ROWS`] rows,
-    /// else those past `page_bytes` (Arrow bytes, at least the page's).
-    fn count_compressors(&mut self, leaves: &[usize], memory: &CompressorMemory, page_bytes: u64) {
-        let rows = self.writer.in_progress_rows();
-        if rows == 0 {
-            self.group_bytes.fill(0);
-        }
-        let page_bytes = usize::try_from(page_bytes).unwrap_or(usize::MAX);
-        let paged = rows >= PAGE_ROWS;
-        // A page's share of the group's bytes: PAGE_ROWS of its rows.
-        let page_share = |bytes: usize| match rows {
-            0 => bytes,
-            rows => bytes / rows * rows.min(PAGE_ROWS),
-        };
-        self.compressor_bytes = self
-            .group_bytes
-            .iter()
-            .zip(leaves)
-            .filter(|&(&bytes, _)| paged || bytes >= page_bytes)
-            .map(|(&bytes, &leaves)| leaves * memory.after_page(page_share(bytes).min(page_bytes)))
-            .sum();
-    }
-
-    /// Encodes the pending rows into the writer's pages. With `keep`, the
-    /// builders keep room for as many rows (the file is busy); otherwise
-    /// they start over empty.
-    fn encode_pending(&mut self, schema: &SchemaRef, keep: bool) -> Result<(), WriteError> {
-        if self.pending_rows == 0 {
-            return Ok(());
-        }
-        let mut batch_bytes = 0;
-        for (column, group) in self.columns.iter().zip(&mut self.group_bytes) {
-            let bytes = column.buffered_bytes();
-            *group += bytes;
-            batch_bytes += bytes;
-        }
-        let arrays = if keep {
-            self.reserved = batch_bytes;
-            self.columns
-                .iter_mut()
-                .map(Column::finish_keeping_capacity)
-                .collect()
-        } else {
-            self.reserved = 0;
-            self.columns.iter_mut().map(Column::finish).collect()
-        };
-        let batch = RecordBatch::try_new(schema.clone(), arrays)
-            .map_err(|e| WriteError::from(parquet::errors::ParquetError::from(e)))?;
-        let rows_before = self.writer.in_progress_rows();
-        self.writer.write(&batch)?;
-        if self.writer.in_progress_rows() < rows_before + self.pending_rows {
-            // A row group closed within the batch (at `row_group_rows`):
-            // the new one holds part of the batch at most, counted from the
-            // next batch on.
-            self.group_bytes.fill(0);
-        }
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
-        self.encoded_bytes = self.writer.memory_size();
-        Ok(())
-    }
-
-    fn finish(
-        mut self,
-        schema: &SchemaRef,
-        partition: i32,
-        route: u8,
-        metadata: &[(&'static str, String)],
-    ) -> Result<FinishedFile, WriteError> {
-        self.encode_pending(schema, false)?;
-        let mut footer = metadata.to_vec();
-        footer.push(("sluice.partition", partition.to_string()));
-        footer.push(("sluice.first_offset", self.first_offset.to_string()));
-        footer.push(("sluice.last_offset", self.last_offset.to_string()));
-        let rest = self.writer.close(&footer)?;
-        let body = match self.stream {
-            None => Body::Whole(rest),
-            Some(stream) => Body::Streamed {
-                stream,
-                parts: self.parts,
-                size: self.streamed + rest.len() as u64,
-                tail: rest,
-            },
-        };
-        Ok(FinishedFile {
-            kind: FileKind::Data,
-            route,
-            partition,
-            hour: layout::hour_of(self.min_time_micros),
-            folder: String::new(),
-            first_offset: self.first_offset,
-            last_offset: self.last_offset,
-            rows: self.rows,
-            min_time_micros: self.min_time_micros,
-            max_time_micros: self.max_time_micros,
-            schema_id: None,
-            body,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -967,6 +623,7 @@ mod tests {
     use crate::envelope::Envelope;
     use crate::sample::OrderSample;
     use crate::schema::LocalRegistry;
+    use crate::writer::PAGE_ROWS;
 
     fn buffers() -> (Buffers, OrderSample) {
         let registry =
