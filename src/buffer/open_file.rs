@@ -33,6 +33,8 @@ const FILE_STATE_PER_COLUMN: usize = 1280;
 /// 24 KiB per row group on the reference event's 30 columns.
 const ROW_GROUP_METADATA_PER_COLUMN: usize = 832;
 
+/// An open file: rows pending as Arrow columns, the rest encoded by its
+/// writer; the offsets and event times of the rows it holds.
 #[derive(Debug)]
 pub(super) struct OpenFile {
     pub(super) columns: Vec<Column>,
