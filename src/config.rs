@@ -320,14 +320,6 @@ impl Config {
                 "expected at least 1MiB".into(),
             ));
         }
-        if let Some(url) = &self.notify.queue_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(bad(
-                "notify.queue_url",
-                format!("expected an SQS queue URL (https://…), got {url:?}"),
-            ));
-        }
         self.metrics_listen()
             .map_err(|m| bad("metrics.listen", m))?;
         crate::layout::PathTemplate::parse(&self.files.path).map_err(|m| bad("files.path", m))?;
